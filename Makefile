@@ -1,0 +1,40 @@
+# The two commands of the README:
+#   make run    set up (venv + pinned packages) and run the whole pipeline on the configured channel
+#   make test   set up and run the checks: ruff, mypy, snakemake --lint, pytest
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+TARGET ?= all
+
+.PHONY: run test setup system-deps lint
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) $(TARGET)
+
+test: setup lint
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check scripts tests bench
+	$(BIN)/mypy
+	$(BIN)/snakemake --lint
+
+setup: system-deps $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# OpenBLAS (cmeel-openblas, loaded before mlx on Linux: ~20x faster CPU training) needs libgfortran5.
+system-deps:
+	@if [ "$$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libgfortran.so.5 '; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq libgfortran5 >/dev/null; \
+	  else \
+	    echo "tubetune: install libgfortran5 (e.g. sudo apt-get install libgfortran5) for fast CPU training"; \
+	  fi; \
+	fi

@@ -1,0 +1,79 @@
+# Shared setup: config validation, paths and input functions used by every rule file.
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from tubetune.config import validate_config  # noqa: E402
+from tubetune.errors import ConfigError  # noqa: E402
+
+try:
+    validate_config(config, Path(workflow.basedir) / "config.schema.yaml")
+except ConfigError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
+
+R = "results"
+LOGS = "logs"
+BENCH = f"{R}/benchmarks"
+
+
+wildcard_constraints:
+    video=r"[A-Za-z0-9_-]{11}",
+
+
+def selected_videos():
+    """Video ids chosen by the list_videos checkpoint (re-evaluated once it has run)."""
+    import json
+
+    listing = checkpoints.list_videos.get().output.selected
+    with open(listing, encoding="utf-8") as handle:
+        return [video["id"] for video in json.load(handle)["videos"]]
+
+
+def per_video(pattern):
+    """Input function: ``pattern`` expanded over the selected videos."""
+
+    def inputs(wildcards):
+        return expand(pattern, video=selected_videos())
+
+    return inputs
+
+
+def prompt_file(step):
+    return config[step]["prompt"]
+
+
+def question_settings():
+    """Question settings without the prompt path (the prompt file is an input, tracked by content)."""
+    return {key: value for key, value in config["questions"].items() if key != "prompt"}
+
+
+def dataset_outputs():
+    return [
+        f"{R}/dataset/train.jsonl",
+        f"{R}/dataset/valid.jsonl",
+        f"{R}/dataset/test.jsonl",
+        f"{R}/dataset/stats.json",
+        f"{R}/dataset/stats.md",
+        f"{R}/review/index.md",
+    ]
+
+
+def train_outputs():
+    return dataset_outputs() + [
+        f"{R}/train/adapters/adapters.safetensors",
+        f"{R}/train/metrics.jsonl",
+        f"{R}/train/loss.png",
+    ]
+
+
+def all_outputs():
+    return train_outputs() + [
+        f"{R}/fused",
+        f"{R}/export/hf",
+        f"{R}/export/gguf/Modelfile",
+        f"{R}/eval/metrics.json",
+        f"{R}/eval/report.html",
+    ]

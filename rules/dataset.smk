@@ -1,0 +1,26 @@
+# Step 7: dedup, filter, chat JSONL, split by video, statistics.
+
+
+rule build_dataset:
+    input:
+        qa=per_video(f"{R}/qa/{{video}}.jsonl"),
+        dropped=per_video(f"{R}/qa/{{video}}.dropped.jsonl"),
+        quarantine=per_video(f"{R}/questions/{{video}}.quarantine.jsonl"),
+        transcripts=per_video(f"{R}/transcripts/{{video}}.json"),
+        selected=f"{R}/videos/selected.json",
+        filtered=f"{R}/videos/filtered.tsv",
+    output:
+        train=f"{R}/dataset/train.jsonl",
+        valid=f"{R}/dataset/valid.jsonl",
+        test=f"{R}/dataset/test.jsonl",
+        dropped=f"{R}/dataset/dropped.jsonl",
+        skipped=f"{R}/dataset/skipped_videos.tsv",
+        stats=f"{R}/dataset/stats.json",
+        stats_md=f"{R}/dataset/stats.md",
+        lengths=f"{R}/dataset/lengths.png",
+    params:
+        dataset=config["dataset"],
+    log:
+        f"{LOGS}/build_dataset.log",
+    script:
+        "../scripts/build_dataset.py"

@@ -1,0 +1,39 @@
+# Step 12: evaluate base vs tuned on the test split (greedy answers through llama.cpp on the GGUF
+# exports, masked test loss with MLX) and write the metrics and a self-contained HTML report.
+
+
+def eval_gguf(model):
+    return f"{R}/export/gguf/{model}-{config['evaluate']['quant']}.gguf"
+
+
+rule evaluate:
+    input:
+        test=f"{R}/dataset/test.jsonl",
+        stats=f"{R}/dataset/stats.json",
+        base_gguf=eval_gguf("base"),
+        tuned_gguf=eval_gguf("tuned"),
+        base_model=f"{R}/model/base",
+        tuned_model=f"{R}/fused",
+        loss_png=f"{R}/train/loss.png",
+        summary=f"{R}/train/summary.json",
+    output:
+        metrics=report(
+            f"{R}/eval/metrics.json",
+            caption="../report/evaluate_metrics.rst",
+            category="Evaluation",
+        ),
+        report=report(
+            f"{R}/eval/report.html",
+            caption="../report/evaluate_report.rst",
+            category="Evaluation",
+        ),
+        answers=f"{R}/eval/answers.jsonl",
+    params:
+        settings=dict(config["evaluate"]),
+    log:
+        f"{LOGS}/evaluate.log",
+    benchmark:
+        f"{BENCH}/evaluate.tsv"
+    threads: workflow.cores or 2
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,65 @@
+# Steps 10-11: Hugging Face export (float16 model dir + model card), GGUF exports of the base and the
+# tuned model for llama.cpp, and an Ollama Modelfile.
+
+
+wildcard_constraints:
+    model=r"base|tuned",
+    qtype=r"f16|q8_0|q4_0",
+
+
+EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
+
+
+def export_model_dir(wildcards):
+    return EXPORT_MODEL_DIRS[wildcards.model]
+
+
+rule export_hf:
+    input:
+        model=f"{R}/fused",
+        stats=f"{R}/dataset/stats.json",
+        summary=f"{R}/train/summary.json",
+    output:
+        directory(f"{R}/export/hf"),
+    params:
+        dtype=config["export"]["hf_dtype"],
+        base=config["model"]["base"],
+        channel=config["source"]["channel"],
+    log:
+        f"{LOGS}/export_hf.log",
+    benchmark:
+        f"{BENCH}/export_hf.tsv"
+    script:
+        "../scripts/export_hf.py"
+
+
+rule export_gguf:
+    input:
+        export_model_dir,
+    output:
+        f"{R}/export/gguf/{{model}}-{{qtype}}.gguf",
+    params:
+        tokenizer_pre=config["export"]["gguf_tokenizer_pre"],
+        base=config["model"]["base"],
+    log:
+        f"{LOGS}/export_gguf/{{model}}-{{qtype}}.log",
+    benchmark:
+        f"{BENCH}/export_gguf/{{model}}-{{qtype}}.tsv"
+    script:
+        "../scripts/export_gguf.py"
+
+
+rule modelfile:
+    input:
+        gguf=f"{R}/export/gguf/tuned-{config['export']['ollama_quant']}.gguf",
+        train=f"{R}/dataset/train.jsonl",
+        model=f"{R}/fused",
+    output:
+        f"{R}/export/gguf/Modelfile",
+    params:
+        system=config["export"]["ollama_system"],
+        parameters=dict(config["export"]["ollama_parameters"]),
+    log:
+        f"{LOGS}/modelfile.log",
+    script:
+        "../scripts/modelfile.py"

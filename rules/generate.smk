@@ -1,0 +1,90 @@
+# Steps 3-6: chunk each transcript, extract questions (LLM), validate them, answer them grounded in
+# their chunk (LLM), and write a Markdown page per video for review.
+
+
+rule chunk:
+    input:
+        f"{R}/transcripts/{{video}}.json",
+    output:
+        f"{R}/chunks/{{video}}.jsonl",
+    params:
+        chunk=config["chunk"],
+    log:
+        f"{LOGS}/chunk/{{video}}.log",
+    script:
+        "../scripts/chunk.py"
+
+
+rule extract_questions:
+    input:
+        chunks=f"{R}/chunks/{{video}}.jsonl",
+        prompt=prompt_file("questions"),
+    output:
+        f"{R}/questions/raw/{{video}}.jsonl",
+    params:
+        llm=config["llm"],
+        questions=question_settings(),
+    log:
+        f"{LOGS}/extract_questions/{{video}}.log",
+    resources:
+        llm_api=1,
+    script:
+        "../scripts/extract_questions.py"
+
+
+rule validate_questions:
+    input:
+        raw=f"{R}/questions/raw/{{video}}.jsonl",
+        chunks=f"{R}/chunks/{{video}}.jsonl",
+    output:
+        questions=f"{R}/questions/{{video}}.jsonl",
+        quarantine=f"{R}/questions/{{video}}.quarantine.jsonl",
+    params:
+        questions=question_settings(),
+    log:
+        f"{LOGS}/validate_questions/{{video}}.log",
+    script:
+        "../scripts/validate_questions.py"
+
+
+rule answer_questions:
+    input:
+        questions=f"{R}/questions/{{video}}.jsonl",
+        chunks=f"{R}/chunks/{{video}}.jsonl",
+        prompt=prompt_file("answers"),
+    output:
+        qa=f"{R}/qa/{{video}}.jsonl",
+        dropped=f"{R}/qa/{{video}}.dropped.jsonl",
+    params:
+        llm=config["llm"],
+    log:
+        f"{LOGS}/answer_questions/{{video}}.log",
+    resources:
+        llm_api=1,
+    script:
+        "../scripts/answer_questions.py"
+
+
+rule review:
+    input:
+        transcript=f"{R}/transcripts/{{video}}.json",
+        qa=f"{R}/qa/{{video}}.jsonl",
+        dropped=f"{R}/qa/{{video}}.dropped.jsonl",
+        quarantine=f"{R}/questions/{{video}}.quarantine.jsonl",
+    output:
+        f"{R}/review/{{video}}.md",
+    log:
+        f"{LOGS}/review/{{video}}.log",
+    script:
+        "../scripts/review.py"
+
+
+rule review_index:
+    input:
+        per_video(f"{R}/review/{{video}}.md"),
+    output:
+        f"{R}/review/index.md",
+    log:
+        f"{LOGS}/review_index.log",
+    script:
+        "../scripts/review_index.py"

@@ -1,0 +1,16 @@
+"""Rule answer_questions: pass 2, each question answered from its chunk only (cached LLM calls)."""
+
+from tubetune.answers import answer_questions
+from tubetune.logs import run_step
+
+run_step(
+    snakemake.log[0],
+    lambda: answer_questions(
+        questions_path=snakemake.input.questions,
+        chunks_path=snakemake.input.chunks,
+        prompt_path=snakemake.input.prompt,
+        out_path=snakemake.output.qa,
+        dropped_path=snakemake.output.dropped,
+        llm_config=snakemake.params.llm,
+    ),
+)

@@ -1,0 +1,28 @@
+"""Rule evaluate: base vs tuned on the test split -> metrics.json, answers.jsonl, report.html."""
+
+from pathlib import Path
+
+from tubetune.evaluate import EvalInputs, EvalOutputs, EvalSettings, evaluate
+from tubetune.logs import run_step
+
+inputs = EvalInputs(
+    test=Path(snakemake.input.test),
+    base_gguf=Path(snakemake.input.base_gguf),
+    tuned_gguf=Path(snakemake.input.tuned_gguf),
+    base_model=Path(snakemake.input.base_model),
+    tuned_model=Path(snakemake.input.tuned_model),
+    loss_png=Path(snakemake.input.loss_png),
+    train_summary=Path(snakemake.input.summary),
+    dataset_stats=Path(snakemake.input.stats),
+)
+outputs = EvalOutputs(
+    metrics=Path(snakemake.output.metrics),
+    answers=Path(snakemake.output.answers),
+    report=Path(snakemake.output.report),
+)
+run_step(
+    snakemake.log[0],
+    lambda: evaluate(
+        inputs, outputs, EvalSettings.from_mapping(snakemake.params.settings), threads=snakemake.threads
+    ),
+)

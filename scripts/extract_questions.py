@@ -1,0 +1,15 @@
+"""Rule extract_questions: pass 1, questions per chunk from the LLM (cached)."""
+
+from tubetune.logs import run_step
+from tubetune.questions import extract_questions
+
+run_step(
+    snakemake.log[0],
+    lambda: extract_questions(
+        chunks_path=snakemake.input.chunks,
+        prompt_path=snakemake.input.prompt,
+        out_path=snakemake.output[0],
+        llm_config=snakemake.params.llm,
+        question_config=snakemake.params.questions,
+    ),
+)

@@ -1,0 +1,14 @@
+"""Rule fetch_transcript: one video's transcript (see tubetune.sources)."""
+
+from tubetune.logs import run_step
+from tubetune.sources import fetch_transcript_step
+
+run_step(
+    snakemake.log[0],
+    lambda: fetch_transcript_step(
+        snakemake.params.video,
+        snakemake.params.source,
+        next(iter(snakemake.input.transcript), None),
+        snakemake.output[0],
+    ),
+)

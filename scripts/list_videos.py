@@ -1,0 +1,9 @@
+"""Checkpoint list_videos: the channel's videos after the filters (see tubetune.sources.listing)."""
+
+from tubetune.logs import run_step
+from tubetune.sources import list_videos_step
+
+run_step(
+    snakemake.log[0],
+    lambda: list_videos_step(snakemake.params.source, snakemake.output.selected, snakemake.output.filtered),
+)

@@ -1,0 +1,15 @@
+"""Rule review: one Markdown page per video."""
+
+from tubetune.logs import run_step
+from tubetune.review import write_review
+
+run_step(
+    snakemake.log[0],
+    lambda: write_review(
+        transcript_path=snakemake.input.transcript,
+        qa_path=snakemake.input.qa,
+        dropped_path=snakemake.input.dropped,
+        quarantine_path=snakemake.input.quarantine,
+        out_path=snakemake.output[0],
+    ),
+)

@@ -1,0 +1,303 @@
+"""Step 7: dedup, filter, chat JSONL in mlx-lm ``messages`` format, split by video, statistics."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tubetune.chunking import estimate_tokens
+from tubetune.dedup import find_duplicates
+from tubetune.errors import ConfigError
+from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+_META = re.compile(r"\b(in|from) (this|the) (video|transcript|excerpt|clip)\b|\bthe (transcript|excerpt)\b", re.I)
+_ARTIFACT = re.compile(r"\[(music|applause|laughter)\]", re.I)
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    system_prompt: str
+    near_duplicate_threshold: float
+    min_question_chars: int
+    min_answer_chars: int
+    max_answer_chars: int
+    max_example_tokens: int
+    split: Mapping[str, float]
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DatasetSettings:
+        split = {name: float(config["split"][name]) for name in SPLITS}
+        if abs(sum(split.values()) - 1.0) > 1e-6:
+            raise ConfigError(f"config error: dataset.split fractions must add up to 1 (they add up to {sum(split.values()):g})")
+        return cls(
+            system_prompt=str(config["system_prompt"]),
+            near_duplicate_threshold=float(config["near_duplicate_threshold"]),
+            min_question_chars=int(config["min_question_chars"]),
+            min_answer_chars=int(config["min_answer_chars"]),
+            max_answer_chars=int(config["max_answer_chars"]),
+            max_example_tokens=int(config["max_example_tokens"]),
+            split=split,
+            seed=int(config["seed"]),
+        )
+
+
+def quality_problem(row: Mapping[str, Any], settings: DatasetSettings) -> str | None:
+    """Why a Q&A pair is not fit for training, as a short reason key, or None."""
+    question, answer = str(row["question"]), str(row["answer"])
+    if len(question) < settings.min_question_chars:
+        return "question too short"
+    if len(answer) < settings.min_answer_chars:
+        return "answer too short"
+    if len(answer) > settings.max_answer_chars:
+        return "answer too long"
+    if _ARTIFACT.search(answer):
+        return "caption artifact in answer"
+    if _META.search(answer):
+        return "answer refers to the recording"
+    if " ".join(answer.lower().split()) == " ".join(question.lower().split()):
+        return "answer repeats the question"
+    return None
+
+
+def split_videos(video_ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Assign each video to one split, seeded; every split with a fraction > 0 gets a video."""
+    videos = sorted(set(video_ids))
+    random.Random(seed).shuffle(videos)
+    wanted = [name for name in SPLITS if fractions[name] > 0]
+    if len(videos) < len(wanted):
+        raise ConfigError(
+            f"dataset: {len(videos)} video(s) with Q&A cannot fill the splits {', '.join(wanted)} "
+            "(no video may be in two splits): add videos or set a split fraction to 0"
+        )
+    counts = {name: max(1, round(fractions[name] * len(videos))) if name in wanted else 0 for name in SPLITS}
+    counts["train"] = len(videos) - counts["valid"] - counts["test"]
+    if "train" in wanted and counts["train"] < 1:
+        raise ConfigError(
+            f"dataset: {len(videos)} videos leave none for training after valid and test: add videos or lower "
+            "dataset.split.valid / dataset.split.test"
+        )
+    assignment: dict[str, str] = {}
+    position = 0
+    for name in ("test", "valid", "train"):
+        for video in videos[position : position + counts[name]]:
+            assignment[video] = name
+        position += counts[name]
+    return assignment
+
+
+def chat_example(row: Mapping[str, Any], system_prompt: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["answer"]},
+        ],
+        "meta": {
+            key: row[key]
+            for key in ("qa_id", "video_id", "title", "chunk_id", "start", "end", "url",
+                        "question_prompt_hash", "answer_prompt_hash")
+            if key in row
+        },
+    }
+
+
+def _describe(values: Sequence[int]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "mean": 0.0, "median": 0.0, "p95": 0.0, "max": 0.0}
+    ordered = sorted(values)
+    return {
+        "n": len(values),
+        "mean": round(statistics.fmean(values), 1),
+        "median": float(statistics.median(values)),
+        "p95": float(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]),
+        "max": float(ordered[-1]),
+    }
+
+
+def _read_filtered(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def build_dataset(
+    qa_paths: Sequence[str | Path],
+    transcript_paths: Sequence[str | Path],
+    quarantine_paths: Sequence[str | Path],
+    dropped_paths: Sequence[str | Path],
+    selected_path: str | Path,
+    filtered_path: str | Path,
+    out_dir: str | Path,
+    dataset_config: Mapping[str, Any],
+) -> dict[str, Any]:
+    settings = DatasetSettings.from_config(dataset_config)
+    out = Path(out_dir)
+    listing = read_json(selected_path)
+    channel = str((listing.get("channel") or {}).get("name") or "this channel")
+    system_prompt = settings.system_prompt.replace("{channel}", channel)
+
+    rows = [row for path in sorted(map(str, qa_paths)) for row in read_jsonl(path)]
+    rows.sort(key=lambda r: str(r["qa_id"]))
+    drops: Counter[str] = Counter()
+    dropped_rows: list[dict[str, Any]] = []
+    for path in quarantine_paths:
+        for row in read_jsonl(path):
+            drops[f"{row.get('stage', 'extract')}: {_reason_key(row.get('reason'))}"] += 1
+    for path in dropped_paths:
+        for row in read_jsonl(path):
+            drops[f"answer: {_reason_key(row.get('reason'))}"] += 1
+
+    # Quality filters first, so a bad pair never wins over its good duplicate.
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        problem = quality_problem(row, settings)
+        if problem is None and estimate_tokens(f"{system_prompt} {row['question']} {row['answer']}") > settings.max_example_tokens:
+            problem = "example too long"
+        if problem is not None:
+            drops[f"filter: {problem}"] += 1
+            dropped_rows.append({**row, "reason": problem})
+        else:
+            kept.append(row)
+    duplicates = find_duplicates([row["question"] for row in kept], settings.near_duplicate_threshold)
+    removed = {d.index for d in duplicates}
+    for dup in duplicates:
+        kind = "exact duplicate question" if dup.kind == "exact" else "near-duplicate question"
+        drops[f"dedup: {kind}"] += 1
+        dropped_rows.append({**kept[dup.index], "reason": kind, "duplicate_of": kept[dup.kept]["qa_id"],
+                             "similarity": dup.similarity})
+    kept = [row for i, row in enumerate(kept) if i not in removed]
+
+    assignment = split_videos([row["video_id"] for row in kept], settings.split, settings.seed)
+    examples: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for row in kept:
+        examples[assignment[row["video_id"]]].append(chat_example(row, system_prompt))
+    for name in SPLITS:
+        write_jsonl(out / f"{name}.jsonl", examples[name])
+    write_jsonl(out / "dropped.jsonl", dropped_rows)
+
+    skipped = _skipped_videos(transcript_paths, filtered_path)
+    with (out / "skipped_videos.tsv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["video_id", "title", "stage", "reason"])
+        writer.writerows([v["video_id"], v["title"], v["stage"], v["reason"]] for v in skipped)
+
+    stats = _statistics(kept, examples, assignment, drops, skipped, channel, system_prompt)
+    write_json(out / "stats.json", stats)
+    atomic_write_text(out / "stats.md", render_stats_markdown(stats))
+    plot_lengths(kept, out / "lengths.png")
+    logger.info(
+        "dataset: %s examples (%s), %d dropped",
+        len(kept), ", ".join(f"{n} {len(examples[n])}" for n in SPLITS), sum(drops.values()),
+    )
+    return stats
+
+
+def _reason_key(reason: Any) -> str:
+    """A stable, countable form of a reason (the part before any colon or parenthesis)."""
+    text = str(reason or "unknown")
+    return re.split(r"[:(]", text, maxsplit=1)[0].strip() or text
+
+
+def _skipped_videos(transcript_paths: Sequence[str | Path], filtered_path: str | Path) -> list[dict[str, str]]:
+    skipped = [
+        {"video_id": row["video_id"], "title": row["title"], "stage": "list", "reason": row["reason"]}
+        for row in _read_filtered(filtered_path)
+    ]
+    for path in transcript_paths:
+        transcript = read_json(path)
+        if transcript.get("status") != "ok":
+            skipped.append({
+                "video_id": str(transcript["video_id"]), "title": str(transcript.get("title") or ""),
+                "stage": "transcript", "reason": str(transcript.get("reason")),
+            })
+    return skipped
+
+
+def _statistics(
+    kept: Sequence[Mapping[str, Any]],
+    examples: Mapping[str, Sequence[Mapping[str, Any]]],
+    assignment: Mapping[str, str],
+    drops: Counter[str],
+    skipped: Sequence[Mapping[str, str]],
+    channel: str,
+    system_prompt: str,
+) -> dict[str, Any]:
+    per_video: dict[str, dict[str, Any]] = defaultdict(lambda: {"examples": 0})
+    for row in kept:
+        entry = per_video[row["video_id"]]
+        entry.update(title=row["title"], split=assignment[row["video_id"]])
+        entry["examples"] += 1
+    example_chars = [len(system_prompt) + len(r["question"]) + len(r["answer"]) for r in kept]
+    return {
+        "channel": channel,
+        "system_prompt": system_prompt,
+        "examples": {name: len(examples[name]) for name in SPLITS} | {"total": len(kept)},
+        "videos": {name: sorted(v for v, s in assignment.items() if s == name) for name in SPLITS},
+        "lengths_chars": {
+            "question": _describe([len(r["question"]) for r in kept]),
+            "answer": _describe([len(r["answer"]) for r in kept]),
+            "example": _describe(example_chars),
+        },
+        "lengths_tokens_estimated": {
+            "example": _describe([estimate_tokens(f"{system_prompt} {r['question']} {r['answer']}") for r in kept]),
+        },
+        "per_video": dict(sorted(per_video.items())),
+        "dropped": dict(sorted(drops.items())),
+        "dropped_total": sum(drops.values()),
+        "skipped_videos": list(skipped),
+    }
+
+
+def render_stats_markdown(stats: Mapping[str, Any]) -> str:
+    ex = stats["examples"]
+    lines = [
+        f"# Dataset: {stats['channel']}",
+        "",
+        f"{ex['total']} examples: {ex['train']} train, {ex['valid']} valid, {ex['test']} test "
+        "(split by video: no video is in two splits).",
+        "",
+        "![lengths](lengths.png)",
+        "",
+        "## Lengths (characters)",
+        "",
+        "| | mean | median | p95 | max |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in stats["lengths_chars"].items():
+        lines.append(f"| {name} | {d['mean']} | {d['median']} | {d['p95']} | {d['max']} |")
+    lines += ["", "## Per video", "", "| video | title | split | examples |", "|---|---|---|---|"]
+    for video, d in stats["per_video"].items():
+        lines.append(f"| `{video}` | {d['title']} | {d['split']} | {d['examples']} |")
+    lines += ["", f"## Dropped ({stats['dropped_total']})", "", "| reason | count |", "|---|---|"]
+    lines += [f"| {reason} | {count} |" for reason, count in stats["dropped"].items()] or ["| none | 0 |"]
+    lines += ["", f"## Skipped videos ({len(stats['skipped_videos'])})", "", "| video | title | stage | reason |",
+              "|---|---|---|---|"]
+    lines += [f"| `{v['video_id']}` | {v['title']} | {v['stage']} | {v['reason']} |" for v in stats["skipped_videos"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_lengths(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key in zip(axes, ("question", "answer"), strict=True):
+        ax.hist([len(r[key]) for r in rows] or [0], bins=20, color="#4C72B0")
+        ax.set_title(f"{key} length (characters)")
+        ax.set_ylabel("examples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

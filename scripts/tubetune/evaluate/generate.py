@@ -1,0 +1,146 @@
+"""Greedy answers to the test questions through llama-cpp-python on an exported GGUF.
+
+The GGUF must carry its chat template (``tokenizer.chat_template`` metadata, written by the exporter):
+without it llama-cpp-python silently falls back to the Llama-2 prompt format, which would make the
+answers meaningless, so a GGUF without a template is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tubetune.errors import InputFileError
+
+logger = logging.getLogger(__name__)
+
+Message = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    seed: int = 0
+    n_ctx: int = 2048
+    repeat_penalty: float = 1.0
+    n_threads: int = 1
+
+
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    text: str
+    finish_reason: str | None  # "stop" (end-of-turn token), "length" (max tokens) or None (error)
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+            "error": self.error,
+        }
+
+
+@dataclass
+class GenerationRun:
+    gguf: Path
+    answers: list[GeneratedAnswer] = field(default_factory=list)
+    load_seconds: float = 0.0
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens for a in self.answers)
+
+    @property
+    def seconds(self) -> float:
+        return sum(a.seconds for a in self.answers)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of answering (prompt processing included)."""
+        return self.completion_tokens / self.seconds if self.seconds > 0 else math.nan
+
+
+def load_gguf(path: Path, settings: GenerationSettings) -> Any:
+    """A llama-cpp-python ``Llama`` on ``path``, answering with the GGUF's own chat template."""
+    from llama_cpp import Llama
+
+    if not Path(path).is_file():
+        raise InputFileError(f"{path}: GGUF file not found")
+    try:
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_threads_batch=settings.n_threads,
+            seed=settings.seed,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise InputFileError(f"{path}: llama.cpp cannot load this GGUF ({exc})") from exc
+    if "tokenizer.chat_template" not in llm.metadata:
+        llm.close()
+        raise InputFileError(
+            f"{path}: the GGUF has no tokenizer.chat_template metadata; re-export it with the chat template"
+        )
+    return llm
+
+
+def answer_one(llm: Any, messages: Sequence[Message], settings: GenerationSettings) -> GeneratedAnswer:
+    """One greedy chat completion; a prompt that does not fit the context becomes a recorded error."""
+    started = time.perf_counter()
+    try:
+        response = llm.create_chat_completion(
+            messages=[dict(m) for m in messages],
+            temperature=0.0,
+            seed=settings.seed,
+            max_tokens=settings.max_new_tokens,
+            repeat_penalty=settings.repeat_penalty,
+        )
+    except ValueError as exc:  # e.g. "Requested tokens (...) exceed context window of ..."
+        return GeneratedAnswer("", None, 0, 0, time.perf_counter() - started, error=str(exc).splitlines()[0])
+    seconds = time.perf_counter() - started
+    choice = response["choices"][0]
+    usage = response.get("usage") or {}
+    return GeneratedAnswer(
+        text=str(choice["message"].get("content") or ""),
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        seconds=seconds,
+    )
+
+
+def generate_answers(
+    gguf: Path, prompts: Sequence[Sequence[Message]], settings: GenerationSettings, label: str = "answers"
+) -> GenerationRun:
+    """Greedy answers of the GGUF model to each prompt (a list of system/user messages)."""
+    started = time.perf_counter()
+    llm = load_gguf(gguf, settings)
+    run = GenerationRun(gguf=Path(gguf), load_seconds=time.perf_counter() - started)
+    try:
+        for messages in tqdm(prompts, desc=label, unit="answer"):
+            answer = answer_one(llm, messages, settings)
+            if answer.error is not None:
+                logger.warning("%s: example %d not answered: %s", label, len(run.answers), answer.error)
+            run.answers.append(answer)
+    finally:
+        llm.close()
+    logger.info(
+        "%s: %d answers from %s, %d tokens in %.1f s (%.1f tok/s), %d cut at %d tokens",
+        label, len(run.answers), gguf, run.completion_tokens, run.seconds, run.tokens_per_s,
+        sum(1 for a in run.answers if a.finish_reason == "length"), settings.max_new_tokens,
+    )
+    return run

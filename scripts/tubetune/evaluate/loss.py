@@ -1,0 +1,217 @@
+"""Test loss and perplexity with the prompt masked: only assistant tokens count (MLX).
+
+Tokenization and the prompt offset come from mlx-lm's own tuner code (``ChatDataset`` with
+``mask_prompt=True``, the same code that trains with a masked prompt), and batches are padded the
+way ``mlx_lm.tuner.trainer.iterate_batches`` pads them. Two things differ from mlx-lm 0.32.2, on
+purpose:
+
+* :func:`masked_loss` counts targets ``offset .. L-1`` of a row of ``L`` real tokens.
+  ``trainer.default_loss`` uses ``steps <= L`` and so also scores the first padding position (token
+  id 0) of every padded row (mlx-lm PR #1697 describes it): one extra, meaningless target per example.
+* :func:`iterate_eval_batches` yields every example exactly once, in a fixed order, with its index;
+  ``trainer.iterate_batches`` drops the examples that do not fill a last batch, fails when there are
+  fewer examples than ``batch_size`` and shuffles batches, so per-example losses would be lost.
+
+:func:`masked_loss` has the signature of ``default_loss``, so it can be passed as ``loss=`` to
+``mlx_lm.tuner.trainer.evaluate`` / ``train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tubetune.blas import ensure_fast_blas
+
+BLAS = ensure_fast_blas()
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tubetune.errors import InputFileError  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PAD_TO = 32  # as in mlx_lm.tuner.trainer.iterate_batches
+
+
+def per_example_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+    """Summed cross-entropy and number of scored targets per row.
+
+    ``batch`` is ``[B, T]`` token ids (right padded), ``lengths`` is ``[B, 2]`` with the prompt
+    offset and the real length of each row (the layout of mlx-lm's ``iterate_batches``). Token ``t``
+    of a row is scored when ``offset <= t < length``; with ``offset = 0`` every token after the
+    first is scored (the unmasked loss).
+    """
+    inputs = batch[:, :-1]
+    targets = batch[:, 1:]
+    logits = model(inputs).astype(mx.float32)
+    steps = mx.arange(1, targets.shape[1] + 1)  # index of each target in the un-shifted row
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    return ce.sum(axis=1), mask.sum(axis=1)
+
+
+def masked_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+    """Drop-in replacement for ``mlx_lm.tuner.trainer.default_loss`` without the padding target."""
+    ce_sum, ntoks = per_example_loss(model, batch, lengths)
+    total = ntoks.sum()
+    return ce_sum.sum() / total, total
+
+
+def iterate_eval_batches(
+    dataset: Any, batch_size: int, max_seq_length: int
+) -> Iterator[tuple[list[int], mx.array, mx.array]]:
+    """Every example once, shortest first: ``(indices, batch [B, T], lengths [B, 2])``.
+
+    ``dataset[i]`` is ``(tokens, prompt_offset)`` (an mlx-lm ``CacheDataset``). Rows are right padded
+    with 0 to one plus a multiple of 32 and truncated to ``max_seq_length``, like mlx-lm's
+    ``iterate_batches``; the last batch may be smaller than ``batch_size``.
+    """
+    order = sorted(range(len(dataset)), key=lambda i: (len(dataset[i][0]), i))
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        rows = [dataset[i] for i in indices]
+        longest = max(len(tokens) for tokens, _ in rows)
+        width = min(1 + PAD_TO * ((longest + PAD_TO - 1) // PAD_TO), max_seq_length)
+        array = np.zeros((len(rows), width), np.int32)
+        lengths = []
+        for row, (tokens, offset) in enumerate(rows):
+            length = min(len(tokens), max_seq_length)
+            array[row, :length] = tokens[:length]
+            lengths.append((offset, length))
+        yield indices, mx.array(array), mx.array(lengths)
+
+
+@dataclass(frozen=True)
+class ExampleLoss:
+    loss: float | None  # None when no assistant token is left (prompt longer than max_seq_length)
+    n_tokens: int
+    truncated: bool
+
+
+@dataclass
+class LossResult:
+    """Token-weighted loss over a dataset and the loss of each example."""
+
+    loss: float
+    perplexity: float
+    n_tokens: int
+    seconds: float
+    examples: list[ExampleLoss] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else math.nan
+
+
+def chat_dataset(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Any, mask_prompt: bool = True
+) -> CacheDataset:
+    """mlx-lm's chat dataset (tokens, prompt offset) over rows with a "messages" list."""
+    data: list[Any] = [{"messages": list(row["messages"])} for row in rows]
+    return CacheDataset(ChatDataset(data, tokenizer, chat_key="messages", mask_prompt=mask_prompt))
+
+
+def dataset_loss(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    max_seq_length: int,
+    mask_prompt: bool = True,
+    label: str = "loss",
+) -> LossResult:
+    """Loss of ``model`` on chat ``rows``: mean cross-entropy per scored token, and per example."""
+    if not rows:
+        raise InputFileError("no examples to compute the test loss on")
+    started = time.perf_counter()
+    model.eval()
+    dataset = chat_dataset(rows, tokenizer, mask_prompt)
+    ce_sums = [0.0] * len(rows)
+    counts = [0] * len(rows)
+    truncated = [False] * len(rows)
+    batches = iterate_eval_batches(dataset, batch_size, max_seq_length)
+    n_batches = (len(rows) + batch_size - 1) // batch_size
+    for indices, batch, lengths in tqdm(batches, total=n_batches, desc=label, unit="batch"):
+        ce_sum, ntoks = per_example_loss(model, batch, lengths)
+        mx.eval(ce_sum, ntoks)
+        values: list[float] = ce_sum.tolist()  # type: ignore[assignment]
+        tokens: list[int] = ntoks.tolist()  # type: ignore[assignment]
+        for index, value, count in zip(indices, values, tokens, strict=True):
+            ce_sums[index] = float(value)
+            counts[index] = int(count)
+            truncated[index] = len(dataset[index][0]) > max_seq_length
+    examples = [
+        ExampleLoss(loss=(s / n if n else None), n_tokens=n, truncated=t)
+        for s, n, t in zip(ce_sums, counts, truncated, strict=True)
+    ]
+    if any(truncated):
+        logger.warning(
+            "%s: %d of %d examples are longer than %d tokens and were truncated",
+            label, sum(truncated), len(rows), max_seq_length,
+        )
+    empty = sum(1 for e in examples if e.n_tokens == 0)
+    if empty:
+        logger.warning("%s: %d examples have no assistant token within %d tokens: not scored",
+                       label, empty, max_seq_length)
+    total = sum(counts)
+    if total == 0:
+        raise InputFileError(
+            f"{label}: no assistant token to score (evaluate.loss_max_seq_length {max_seq_length} too small?)"
+        )
+    loss = sum(ce_sums) / total
+    return LossResult(
+        loss=loss,
+        perplexity=math.exp(loss),
+        n_tokens=total,
+        seconds=time.perf_counter() - started,
+        examples=examples,
+    )
+
+
+def load_model(model_dir: Path) -> tuple[Any, Any]:
+    """``mlx_lm.load`` with a one-line error when the directory is not a loadable model."""
+    from mlx_lm import load
+
+    if not Path(model_dir).is_dir():
+        raise InputFileError(f"{model_dir}: model directory not found")
+    try:
+        model, tokenizer = load(str(model_dir))[:2]
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise InputFileError(f"{model_dir}: mlx_lm cannot load this model ({exc})") from exc
+    return model, tokenizer
+
+
+def model_test_loss(
+    model_dir: Path,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    max_seq_length: int,
+    label: str = "loss",
+) -> LossResult:
+    """Masked test loss of the model in ``model_dir`` (loaded with mlx-lm, freed afterwards)."""
+    model, tokenizer = load_model(model_dir)
+    try:
+        result = dataset_loss(
+            model, tokenizer, rows, batch_size=batch_size, max_seq_length=max_seq_length, label=label
+        )
+    finally:
+        del model
+        mx.clear_cache()
+    logger.info(
+        "%s: test loss %.4f, perplexity %.3f over %d assistant tokens (%.1f s, %.0f tok/s, BLAS %s)",
+        label, result.loss, result.perplexity, result.n_tokens, result.seconds, result.tokens_per_s, BLAS,
+    )
+    return result
+

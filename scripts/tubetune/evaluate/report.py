@@ -1,0 +1,217 @@
+"""The self-contained evaluation report: one HTML file, inline CSS, the loss plot as a data URI.
+
+All text from the data (questions, answers, summary values) goes through Jinja2 autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from tubetune.errors import InputFileError
+from tubetune.evaluate.metrics import METRICS, Better
+from tubetune.jsonio import atomic_write_text
+
+TEMPLATES = Path(__file__).parent / "templates"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PERCENT_METRICS = frozenset({"format_compliance", "cut_at_max_rate", "leak_rate", "refusal_rate"})
+DIGITS = {"test_loss": 4, "test_perplexity": 3, "rouge_l": 4, "chrf": 2,
+          "mean_answer_chars": 1, "mean_answer_words": 1}
+BEST_ITERATION_KEYS = ("best_iteration", "best_iter", "best_step")
+BEST_VAL_LOSS_KEYS = ("best_val_loss", "best_valid_loss", "best_validation_loss")
+
+
+def select_side_by_side(questions: Sequence[str], n: int) -> list[int]:
+    """Indices of ``n`` examples chosen by a hash of their question, returned in test-set order.
+
+    The choice depends only on the question texts, so it is the same on every run and an example
+    stays chosen when others are added or removed.
+    """
+    keyed = sorted(
+        range(len(questions)),
+        key=lambda i: (hashlib.sha256(questions[i].encode("utf-8")).hexdigest(), i),
+    )
+    return sorted(keyed[: max(n, 0)])
+
+
+def png_base64(path: Path) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read the loss plot ({exc})") from exc
+    if not data.startswith(PNG_SIGNATURE):
+        raise InputFileError(f"{path}: not a PNG image")
+    return base64.b64encode(data).decode("ascii")
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_metric(name: str, value: float | None, *, delta: bool = False) -> str:
+    """Human-readable value of metric ``name`` (rates in percent, deltas signed)."""
+    if _is_nan(value):
+        return "n/a"
+    assert value is not None
+    sign = "+" if delta and value > 0 else ""
+    if name in PERCENT_METRICS:
+        return f"{sign}{value * 100:.1f}{' pp' if delta else '%'}"
+    return f"{sign}{value:.{DIGITS.get(name, 3)}f}"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value) and len(value) <= 12:
+            return ", ".join(format_value(v) for v in value)
+        return f"{len(value)} items"
+    return str(value)
+
+
+def flatten(data: Any, prefix: str = "", depth: int = 3) -> list[tuple[str, str]]:
+    """``(dotted key, text)`` rows of a JSON object, nested objects expanded ``depth`` levels."""
+    if not isinstance(data, Mapping):
+        return [(prefix or "value", format_value(data))]
+    rows: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and depth > 1:
+            rows.extend(flatten(value, name, depth - 1))
+        elif isinstance(value, Mapping):
+            rows.append((name, f"{len(value)} entries"))
+        else:
+            rows.append((name, format_value(value)))
+    return rows
+
+
+def find_key(data: Any, names: Sequence[str]) -> Any:
+    """The first value under one of ``names`` in a nested JSON object (breadth first), or None."""
+    queue = [data]
+    while queue:
+        node = queue.pop(0)
+        if not isinstance(node, Mapping):
+            continue
+        for name in names:
+            if name in node and not isinstance(node[name], (Mapping, list)):
+                return node[name]
+        queue.extend(v for v in node.values() if isinstance(v, Mapping))
+    return None
+
+
+def training_context(summary: Mapping[str, Any]) -> dict[str, Any]:
+    best_iteration = find_key(summary, BEST_ITERATION_KEYS)
+    best_val_loss = find_key(summary, BEST_VAL_LOSS_KEYS)
+    return {
+        "best_iteration": "not recorded" if best_iteration is None else format_value(best_iteration),
+        "best_val_loss": "not recorded" if best_val_loss is None else (
+            f"{best_val_loss:.4f}" if isinstance(best_val_loss, (int, float)) else str(best_val_loss)
+        ),
+        "rows": flatten(summary),
+    }
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    reference = metrics.get("reference", {})
+    for info in METRICS:
+        if info.name not in metrics["base"]:
+            continue
+        direction = {Better.HIGHER: "higher is better", Better.LOWER: "lower is better",
+                     Better.CLOSER_TO_REFERENCE: "closer to the reference is better"}[info.better]
+        ref = reference.get(info.name)
+        rows.append({
+            "label": info.label,
+            "description": info.description,
+            "direction": direction,
+            "base": format_metric(info.name, metrics["base"][info.name]),
+            "tuned": format_metric(info.name, metrics["tuned"][info.name]),
+            "delta": format_metric(info.name, metrics["delta"][info.name], delta=True),
+            "better": str(metrics["better"][info.name]),
+            "reference": "" if ref is None else format_metric(info.name, ref),
+        })
+    return rows
+
+
+def _side(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "answer": row["answer"],
+        "rouge_l": format_metric("rouge_l", row["rouge_l"]),
+        "issues": list(row["format_issues"]) + (["refusal"] if row["refusal"] else []),
+    }
+
+
+def _tps(value: Any) -> str:
+    return "n/a" if _is_nan(value) else f"{value:.1f}"
+
+
+def render_report(
+    metrics: Mapping[str, Any],
+    answers: Sequence[Mapping[str, Any]],
+    side_by_side: Sequence[int],
+    *,
+    loss_png: Path,
+    train_summary: Mapping[str, Any],
+    dataset_stats: Mapping[str, Any],
+    title: str = "tubetune evaluation: base vs tuned",
+) -> str:
+    """The report HTML (self-contained: no external CSS, script or image)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    timing = metrics["timing"]
+    cards = [
+        {"label": "ROUGE-L, base -> tuned", "value": "{} -> {}".format(
+            format_metric("rouge_l", metrics["base"]["rouge_l"]),
+            format_metric("rouge_l", metrics["tuned"]["rouge_l"]))},
+        {"label": "test loss, base -> tuned", "value": "{} -> {}".format(
+            format_metric("test_loss", metrics["base"]["test_loss"]),
+            format_metric("test_loss", metrics["tuned"]["test_loss"]))},
+        {"label": "format compliance, tuned", "value": format_metric(
+            "format_compliance", metrics["tuned"]["format_compliance"])},
+        {"label": "test examples", "value": str(metrics["n_examples"])},
+    ]
+    context = {
+        "title": title,
+        "n_examples": metrics["n_examples"],
+        "quant": metrics["gguf_quant"],
+        "max_new_tokens": metrics["max_new_tokens"],
+        "cards": cards,
+        "metric_rows": metric_rows(metrics),
+        "timing": {
+            "base_tps": _tps(timing["base"]["generation_tokens_per_s"]),
+            "tuned_tps": _tps(timing["tuned"]["generation_tokens_per_s"]),
+            "threads": timing["threads"],
+            "total": f"{timing['total_seconds']:.1f}",
+        },
+        "training": training_context(train_summary),
+        "loss_png": png_base64(loss_png),
+        "dataset_rows": flatten(dataset_stats),
+        "side_by_side": [
+            {
+                "question": answers[i]["question"],
+                "reference": answers[i]["reference"],
+                "base": _side(answers[i]["base"]),
+                "tuned": _side(answers[i]["tuned"]),
+            }
+            for i in side_by_side
+        ],
+        "models": metrics["models"],
+    }
+    return env.get_template("report.html.j2").render(context)
+
+
+def write_report(path: Path, html: str) -> None:
+    atomic_write_text(path, html)

@@ -1,0 +1,214 @@
+"""LLM backends: Claude through the ``anthropic`` SDK, or a local GGUF through llama-cpp-python.
+
+A backend turns one :class:`LLMRequest` into one :class:`Completion` (the raw text and its token
+usage). Both ask for JSON constrained by ``request.output_schema``; checking the JSON is the
+client's job. Both are built lazily: a run served entirely from the cache never constructs the
+SDK client nor loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from tubetune.errors import ConfigError, TubetuneError
+from tubetune.llm.request import LLMRequest
+from tubetune.llm.settings import LLMSettings
+
+if TYPE_CHECKING:
+    import anthropic
+    import llama_cpp
+
+logger = logging.getLogger(__name__)
+
+ANTHROPIC_KEY_ENV = "ANTHROPIC_API_KEY"
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+class BackendError(TubetuneError):
+    """A backend call failed for good (after the SDK's own retries); the caller may quarantine."""
+
+    def __init__(self, reason: str, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class MissingCredentialsError(TubetuneError):
+    """A cache miss needs the API, and there is no API key."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one backend call returned."""
+
+    text: str
+    usage: dict[str, int] = field(default_factory=dict)
+    stop_reason: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, request: LLMRequest) -> Completion: ...
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class AnthropicBackend:
+    """Claude through the Messages API, JSON output constrained by ``output_config`` json_schema."""
+
+    name = "anthropic"
+
+    def __init__(self, settings: LLMSettings, api_key: str) -> None:
+        self.settings = settings
+        self._api_key = api_key
+        self._client: anthropic.Anthropic | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> anthropic.Anthropic:
+        with self._lock:
+            if self._client is None:
+                import anthropic
+
+                self._client = anthropic.Anthropic(
+                    api_key=self._api_key,
+                    base_url=self.settings.base_url,
+                    max_retries=self.settings.max_retries,
+                    timeout=self.settings.timeout_s,
+                )
+                logger.info(
+                    "anthropic client ready (base_url %s, max_retries %d, timeout %.0f s)",
+                    self._client.base_url,
+                    self.settings.max_retries,
+                    self.settings.timeout_s,
+                )
+            return self._client
+
+    def complete(self, request: LLMRequest) -> Completion:
+        import anthropic
+        from anthropic.types import AssistantMessageParam, MessageParam, OutputConfigParam, UserMessageParam
+
+        client = self.client()
+        messages: list[MessageParam] = [
+            UserMessageParam(role="user", content=m.content)
+            if m.role == "user"
+            else AssistantMessageParam(role="assistant", content=m.content)
+            for m in request.messages
+        ]
+        output_config: OutputConfigParam = {
+            "format": {"type": "json_schema", "schema": request.output_schema}
+        }
+        try:
+            if request.system:
+                message = client.messages.create(
+                    model=request.model,
+                    max_tokens=request.max_tokens,
+                    system=request.system,
+                    messages=messages,
+                    output_config=output_config,
+                )
+            else:
+                message = client.messages.create(
+                    model=request.model,
+                    max_tokens=request.max_tokens,
+                    messages=messages,
+                    output_config=output_config,
+                )
+        except anthropic.APIStatusError as exc:
+            raise BackendError(self._status_reason(exc), exc.status_code) from exc
+        except anthropic.APITimeoutError as exc:
+            raise BackendError(
+                f"anthropic: no answer from {client.base_url} within {self.settings.timeout_s:g} s "
+                f"(after {self.settings.max_retries} retries; raise llm.timeout_s?)"
+            ) from exc
+        except anthropic.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise BackendError(
+                f"anthropic: cannot connect to {client.base_url} (after {self.settings.max_retries} "
+                f"retries): {_one_line(str(cause))}"
+            ) from exc
+        except anthropic.APIError as exc:
+            raise BackendError(f"anthropic: {_one_line(exc.message)}") from exc
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return Completion(text=text, usage=_anthropic_usage(message.usage), stop_reason=message.stop_reason)
+
+    def _status_reason(self, exc: anthropic.APIStatusError) -> str:
+        retried = exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        after = f" after {self.settings.max_retries} retries" if retried else ""
+        kind = f" {exc.type}" if exc.type else ""
+        detail = exc.api_message or exc.message
+        hint = f" (check {ANTHROPIC_KEY_ENV})" if exc.status_code in (401, 403) else ""
+        return f"anthropic: HTTP {exc.status_code}{kind}{after}: {_one_line(detail)}{hint}"
+
+
+def _anthropic_usage(usage: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        value = getattr(usage, name, None)
+        if isinstance(value, int):
+            counts[name] = value
+    return counts
+
+
+class LlamaCppBackend:
+    """A local GGUF through llama-cpp-python, JSON output constrained by a grammar from the schema.
+
+    Greedy decoding (temperature 0, seed 0): the same request gives the same text. The model is
+    loaded on the first call, once per backend; calls are serialised (a ``Llama`` is not thread-safe).
+    """
+
+    name = "llama_cpp"
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self._llama: llama_cpp.Llama | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> llama_cpp.Llama:
+        if self._llama is None:
+            path = self.settings.gguf_path()
+            if not path.is_file():
+                raise ConfigError(f"llm.gguf: file not found: {path}")
+            from llama_cpp import Llama
+
+            logger.info("loading %s (n_ctx %d)", path, self.settings.n_ctx)
+            try:
+                self._llama = Llama(model_path=str(path), n_ctx=self.settings.n_ctx, verbose=False, seed=0)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"llm.gguf: llama.cpp cannot load {path}: {_one_line(str(exc))}") from exc
+        return self._llama
+
+    def complete(self, request: LLMRequest) -> Completion:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend(m.to_dict() for m in request.messages)
+        with self._lock:
+            llama = self._load()
+            try:
+                result = llama.create_chat_completion(
+                    messages=cast(Any, messages),
+                    response_format={"type": "json_object", "schema": request.output_schema},
+                    max_tokens=request.max_tokens,
+                    temperature=0.0,
+                    seed=0,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"llama_cpp: {_one_line(str(exc))}") from exc
+        response = cast(dict[str, Any], result)
+        choice = response["choices"][0]
+        usage = response.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            usage={
+                "input_tokens": int(usage.get("prompt_tokens", 0)),
+                "output_tokens": int(usage.get("completion_tokens", 0)),
+            },
+            stop_reason=choice.get("finish_reason"),
+        )

@@ -1,0 +1,324 @@
+"""The one entry point of every LLM step: request, then cache, then backend, then checked JSON.
+
+``LLMClient.complete_json(request)`` looks the request up in the response cache (the writable
+directory first, then the read-only seeds). On a miss it calls the backend and stores the reply
+at once, before checking it, so nothing paid for is lost when a run is killed. The reply must
+parse as JSON, match ``request.output_schema`` and pass the caller's optional ``validate``
+callback; otherwise the model is re-asked (the original request followed by its bad reply and
+the reason), each re-ask cached under its own key, so a rerun replays the whole chain with zero
+calls. When every re-ask fails, :class:`InvalidOutputError` tells the caller to quarantine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from jsonschema.protocols import Validator
+
+from tubetune.errors import TubetuneError
+from tubetune.jsonio import canonical_json
+from tubetune.llm.backends import (
+    ANTHROPIC_KEY_ENV,
+    AnthropicBackend,
+    Backend,
+    BackendError,
+    Completion,
+    LlamaCppBackend,
+    MissingCredentialsError,
+)
+from tubetune.llm.cache import CachedResponse, ResponseCache
+from tubetune.llm.request import LLMRequest, Message
+from tubetune.llm.settings import LLMSettings
+
+__all__ = [
+    "REASK_TEMPLATE",
+    "BackendError",
+    "Completion",
+    "InvalidOutputError",
+    "LLMClient",
+    "LLMResult",
+    "MissingCredentialsError",
+    "parse_json",
+    "schema_error",
+]
+
+logger = logging.getLogger(__name__)
+
+REASK_TEMPLATE = (
+    "Your previous reply was not valid: {reason}. "
+    "Reply again with only the JSON object that matches the schema."
+)
+EMPTY_REPLY = "(empty reply)"
+REASON_LIMIT = 300
+
+ExtraCheck = Callable[[Any], None]
+
+
+class InvalidOutputError(TubetuneError):
+    """The model's output stayed invalid after every re-ask; the caller quarantines the item."""
+
+    def __init__(self, reason: str, texts: Sequence[str], key: str = "") -> None:
+        self.reason = reason
+        self.texts = list(texts)
+        self.key = key
+        super().__init__(f"LLM output still invalid after {len(self.texts)} attempt(s): {reason}")
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """A checked answer.
+
+    ``usage`` sums the token counts of the backend calls made for this result now (all zero when
+    the whole chain came from the cache); ``calls`` counts those calls; ``attempts`` counts the
+    replies looked at (1 + re-asks); ``key`` is the cache key of the request whose reply was valid.
+    """
+
+    data: Any
+    text: str
+    usage: dict[str, int]
+    calls: int
+    attempts: int
+    key: str
+    keys: tuple[str, ...] = field(default=())
+
+    @property
+    def cached(self) -> bool:
+        return self.calls == 0
+
+
+def _one_line(text: str, limit: int = REASON_LIMIT) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def parse_json(text: str) -> Any:
+    """Parse a reply as JSON (a Markdown code fence around it is tolerated); ValueError with the reason."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        lines = stripped.splitlines()
+        body = lines[1:-1] if len(lines) > 1 and lines[-1].strip() == "```" else lines[1:]
+        stripped = "\n".join(body).strip()
+    if not stripped:
+        raise ValueError("the reply was empty, expected a JSON object")
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def _json_path(error: jsonschema.ValidationError) -> str:
+    path = "$"
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def schema_error(validator: Validator, data: Any) -> str | None:
+    """The most relevant reason ``data`` does not match the validator's schema, or None."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return None
+    return _one_line(f"{error.message} at {_json_path(error)}")
+
+
+class LLMClient:
+    """Cached, checked JSON completions. One per step; thread-safe."""
+
+    def __init__(self, settings: LLMSettings, cache: ResponseCache | None = None) -> None:
+        self.settings = settings
+        self.cache = cache or ResponseCache(settings.cache_dir, settings.seed_cache_dirs)
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+        self._validators: dict[str, Validator] = {}
+        self.counters: Counter[str] = Counter()
+
+    # -- building requests ---------------------------------------------------------------------
+
+    def new_request(
+        self,
+        system: str,
+        messages: str | Sequence[Message],
+        output_schema: Mapping[str, Any],
+        *,
+        max_tokens: int | None = None,
+    ) -> LLMRequest:
+        """A request for this client's backend and model (``messages`` may be one user text)."""
+        turns = (Message("user", messages),) if isinstance(messages, str) else tuple(messages)
+        return LLMRequest(
+            backend=self.settings.backend,
+            model=self.settings.request_model,
+            system=system,
+            messages=turns,
+            output_schema=dict(output_schema),
+            max_tokens=max_tokens if max_tokens is not None else self.settings.max_tokens,
+        )
+
+    # -- the main call -------------------------------------------------------------------------
+
+    def complete_json(self, request: LLMRequest, validate: ExtraCheck | None = None) -> LLMResult:
+        """The reply to ``request`` as JSON that matches ``request.output_schema`` (and ``validate``).
+
+        ``validate`` gets the parsed JSON and raises ValueError with a reason to reject it.
+        Raises InvalidOutputError (after ``max_reasks`` re-asks), BackendError (a call failed for
+        good), MissingCredentialsError (a miss with the anthropic backend and no API key).
+        """
+        validator = self._validator(request.output_schema)
+        current = request
+        texts: list[str] = []
+        keys: list[str] = []
+        usage: Counter[str] = Counter()
+        calls = 0
+        reason = ""
+        for attempt in range(1, self.settings.max_reasks + 2):
+            response, called = self._fetch(current)
+            keys.append(response.key)
+            texts.append(response.text)
+            if called:
+                calls += 1
+                usage.update(response.usage)
+            try:
+                data = self._check(response, validator, validate)
+            except ValueError as exc:
+                reason = _one_line(str(exc))
+                logger.info("request %s: invalid reply (attempt %d): %s", current.key()[:12], attempt, reason)
+                if attempt <= self.settings.max_reasks:
+                    self._count("reasks")
+                    current = reask_request(request, response.text, reason)
+                continue
+            self._count("valid")
+            return LLMResult(
+                data=data,
+                text=response.text,
+                usage=dict(usage),
+                calls=calls,
+                attempts=attempt,
+                key=response.key,
+                keys=tuple(keys),
+            )
+        self._count("invalid")
+        raise InvalidOutputError(reason, texts, key=request.key())
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this client: requests, cache_hits, calls, reasks, valid, invalid, token counts."""
+        with self._lock:
+            return dict(self.counters)
+
+    def log_summary(self, level: int = logging.INFO) -> str:
+        """Log (and return) one line summing up what this client did."""
+        s = self.stats()
+        line = (
+            f"LLM {self.settings.backend}/{self.settings.request_model}: {s.get('requests', 0)} requests, "
+            f"{s.get('cache_hits', 0)} cache hits, {s.get('calls', 0)} backend calls, "
+            f"{s.get('reasks', 0)} re-asks, {s.get('valid', 0)} valid, {s.get('invalid', 0)} invalid; "
+            f"tokens in {s.get('input_tokens', 0)}, out {s.get('output_tokens', 0)}, "
+            f"cache read {s.get('cache_read_input_tokens', 0)}, "
+            f"cache write {s.get('cache_creation_input_tokens', 0)}"
+        )
+        logger.log(level, "%s", line)
+        return line
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += amount
+
+    def _validator(self, schema: Mapping[str, Any]) -> Validator:
+        text = canonical_json(schema)
+        with self._lock:
+            validator = self._validators.get(text)
+            if validator is None:
+                cls = jsonschema.validators.validator_for(schema)
+                cls.check_schema(schema)
+                validator = cls(schema)
+                self._validators[text] = validator
+            return validator
+
+    @staticmethod
+    def _check(response: CachedResponse, validator: Validator, validate: ExtraCheck | None) -> Any:
+        try:
+            data = parse_json(response.text)
+        except ValueError as exc:
+            if response.stop_reason in ("max_tokens", "length"):
+                raise ValueError(f"the reply was cut off at the output token limit ({exc})") from None
+            raise
+        problem = schema_error(validator, data)
+        if problem is not None:
+            raise ValueError(f"does not match the schema: {problem}")
+        if validate is not None:
+            validate(data)
+        return data
+
+    def _fetch(self, request: LLMRequest) -> tuple[CachedResponse, bool]:
+        """The reply to ``request``: from the cache, or from the backend (stored before returning)."""
+        self._count("requests")
+        hit = self.cache.get(request)
+        if hit is not None:
+            self._count("cache_hits")
+            logger.debug("request %s: cache hit", hit.key[:12])
+            return hit, False
+        key = request.key()
+        backend = self._get_backend(request)
+        completion = backend.complete(request)
+        response = CachedResponse(
+            key=key, text=completion.text, usage=dict(completion.usage), stop_reason=completion.stop_reason
+        )
+        path = self.cache.put(request, response)
+        with self._lock:
+            self.counters["calls"] += 1
+            self.counters.update(completion.usage)
+        logger.info(
+            "request %s: %s call, %s tokens in, %s out, stop %s -> %s",
+            key[:12],
+            backend.name,
+            completion.usage.get("input_tokens", "?"),
+            completion.usage.get("output_tokens", "?"),
+            completion.stop_reason,
+            path,
+        )
+        return response, True
+
+    def _get_backend(self, request: LLMRequest) -> Backend:
+        if request.backend != self.settings.backend:
+            raise ValueError(
+                f"request for backend {request.backend!r} sent to a {self.settings.backend} client"
+            )
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._make_backend(request)
+            return self._backend
+
+    def _make_backend(self, request: LLMRequest) -> Backend:
+        if self.settings.backend == "llama_cpp":
+            return LlamaCppBackend(self.settings)
+        api_key = os.environ.get(ANTHROPIC_KEY_ENV, "").strip()
+        if not api_key:
+            raise MissingCredentialsError(
+                f"no cached LLM response for request {request.key()} "
+                f"(searched {', '.join(self.cache_dirs())}) and {ANTHROPIC_KEY_ENV} is not set: "
+                f"set {ANTHROPIC_KEY_ENV}, or choose llm.backend: llama_cpp with llm.gguf, "
+                "or restore the cache"
+            )
+        return AnthropicBackend(self.settings, api_key)
+
+    def cache_dirs(self) -> list[str]:
+        """The cache directories searched, in order."""
+        return [str(self.cache.directory), *(str(s) for s in self.cache.seeds)]
+
+
+def reask_request(original: LLMRequest, bad_text: str, reason: str) -> LLMRequest:
+    """The original request followed by the bad reply and the reason it was rejected."""
+    return original.followed_by(
+        Message("assistant", bad_text if bad_text.strip() else EMPTY_REPLY),
+        Message("user", REASK_TEMPLATE.format(reason=reason)),
+    )

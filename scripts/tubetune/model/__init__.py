@@ -1,0 +1,1 @@
+"""Base model conversion and exports (GGUF, Hugging Face, Ollama)."""

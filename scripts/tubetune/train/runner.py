@@ -1,0 +1,543 @@
+"""Fine-tune a model dir on chat JSONL with mlx-lm's trainer and our :class:`MetricsCallback`.
+
+We call :func:`mlx_lm.tuner.trainer.train` ourselves (``mlx_lm.lora.run`` would replace our
+callback). The run: load the model (dequantized on CPU, float32 on CPU unless told otherwise),
+convert layers to LoRA / DoRA (or unfreeze them), tokenize the data, check the memory estimate,
+train with a warmup + cosine schedule, keep the adapter of the best val loss as
+``adapters.safetensors`` and the final one as ``last.safetensors``, then write the loss plot and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tubetune.blas import ensure_fast_blas
+
+BLAS = ensure_fast_blas()
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
+from mlx_lm import utils as mlx_utils  # noqa: E402
+from mlx_lm.tuner import trainer as mlx_trainer  # noqa: E402
+from mlx_lm.tuner import utils as tuner_utils  # noqa: E402
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
+
+from tubetune.errors import ConfigError, InputFileError  # noqa: E402
+from tubetune.jsonio import read_json, read_jsonl, write_json  # noqa: E402
+from tubetune.train.callback import EarlyStopping, MetricsCallback, StopTraining  # noqa: E402
+from tubetune.train.memory import (  # noqa: E402
+    ModelShape,
+    check_memory,
+    estimate_memory,
+    memory_limit_gb,
+)
+from tubetune.train.plot import plot_losses  # noqa: E402
+from tubetune.train.settings import TrainSettings, batches_per_epoch  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PAD_TO = 32  # mlx-lm pads each batch to 1 + a multiple of 32 tokens
+DTYPES: dict[str, mx.Dtype] = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where a run writes; :meth:`in_dir` gives the standard layout under ``results/train``."""
+
+    adapters: Path
+    last: Path
+    adapter_config: Path
+    metrics: Path
+    plot: Path
+    summary: Path
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> TrainOutputs:
+        root = Path(out_dir)
+        return cls(
+            adapters=root / "adapters" / "adapters.safetensors",
+            last=root / "adapters" / "last.safetensors",
+            adapter_config=root / "adapters" / "adapter_config.json",
+            metrics=root / "metrics.jsonl",
+            plot=root / "loss.png",
+            summary=root / "summary.json",
+        )
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.adapters.parent
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.adapter_dir / "checkpoints"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_chat_split(path: str | Path, *, need_assistant_last: bool) -> list[dict[str, Any]]:
+    """Rows of a chat JSONL file, checked: ``messages`` = list of {role, content} ending with assistant."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise InputFileError(f"{path}:{number}: expected 'messages', a list of at least 2 chat messages")
+        for message in messages:
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise InputFileError(f"{path}:{number}: every message needs a string 'role' and 'content'")
+        if need_assistant_last and messages[-1]["role"] != "assistant":
+            raise InputFileError(
+                f"{path}:{number}: the last message must be the assistant's answer (train.mask_prompt needs it)"
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    examples: int
+    tokens: int
+    target_tokens: int
+    longest: int
+    truncated: int
+    without_targets: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "examples": self.examples,
+            "tokens": self.tokens,
+            "target_tokens": self.target_tokens,
+            "longest": self.longest,
+            "truncated": self.truncated,
+            "without_targets": self.without_targets,
+        }
+
+
+def tokenize_split(
+    rows: list[dict[str, Any]], tokenizer: Any, *, mask_prompt: bool, max_seq_length: int
+) -> tuple[CacheDataset, TokenStats]:
+    """mlx-lm's chat dataset over ``rows``, tokenized now (to count tokens and find long examples)."""
+    dataset = CacheDataset(ChatDataset(rows, tokenizer, chat_key="messages", mask_prompt=mask_prompt))
+    tokens = targets = longest = truncated = without = 0
+    for index in range(len(dataset)):
+        ids, offset = dataset[index]
+        length = len(ids)
+        kept = min(length, max_seq_length)
+        tokens += kept
+        targets += max(0, kept - offset)
+        longest = max(longest, length)
+        truncated += length > max_seq_length
+        without += offset >= kept
+    stats = TokenStats(len(dataset), tokens, targets, longest, truncated, without)
+    return dataset, stats
+
+
+def effective_seq_len(longest: int, max_seq_length: int) -> int:
+    """The padded length mlx-lm uses for the longest batch (inputs drop the last token)."""
+    padded = 1 + PAD_TO * math.ceil(longest / PAD_TO)
+    return max(1, min(padded, max_seq_length) - 1)
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def on_gpu() -> bool:
+    return bool(mx.default_device().type == mx.DeviceType.gpu)
+
+
+def _float_dtype(model: nn.Module) -> mx.Dtype | None:
+    for _, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            dtype: mx.Dtype = value.dtype
+            return dtype
+    return None
+
+
+def resolve_dtype(setting: str, current: mx.Dtype | None, gpu: bool) -> mx.Dtype | None:
+    """The dtype to train in: ``auto`` is float32 on CPU (fast BLAS path) and the stored dtype on GPU."""
+    if setting == "auto":
+        return current if gpu else mx.float32
+    return DTYPES[setting]
+
+
+@dataclass
+class PreparedModel:
+    model: nn.Module
+    tokenizer: Any
+    config: dict[str, Any]
+    dtype: str
+    dequantized: bool
+    num_layers: int
+    total_params: int
+    trainable_params: int
+    weight_bytes: int
+
+
+def lora_keys_of(model: nn.Module) -> list[str]:
+    """Module paths inside a transformer block that LoRA can adapt (e.g. ``self_attn.q_proj``)."""
+    keys: list[str] = []
+    first = model.layers[0]  # type: ignore[attr-defined]
+    for path, module in first.named_modules():
+        if isinstance(module, nn.Linear | nn.QuantizedLinear):
+            keys.append(path)
+    return sorted(keys)
+
+
+def prepare_model(model_dir: str | Path, settings: TrainSettings) -> PreparedModel:
+    """Load lazily, dequantize on CPU, cast, freeze and add LoRA / DoRA layers (or unfreeze)."""
+    try:
+        model, tokenizer, config = mlx_utils.load(str(model_dir), lazy=True, return_config=True)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise InputFileError(f"{model_dir}: cannot load the base model ({exc})") from exc
+    gpu = on_gpu()
+    dequantized = False
+    if "quantization" in config and not gpu:
+        logger.info("base model is quantized: dequantizing it for CPU training (quantized matmuls are slow)")
+        model = mlx_utils.dequantize_model(model)
+        dequantized = True
+    dtype = resolve_dtype(settings.dtype, _float_dtype(model), gpu)
+    if dtype is not None and dtype != _float_dtype(model):
+        model.set_dtype(dtype)
+    layers = len(model.layers)
+    num_layers = layers if settings.num_layers == -1 else settings.num_layers
+    if num_layers > layers:
+        raise ConfigError(
+            f"config error: train.num_layers {settings.num_layers} is more than the model's {layers} "
+            "layers: use -1 for all"
+        )
+    mx.random.seed(settings.seed)
+    model.freeze()
+    if settings.fine_tune_type == "full":
+        for layer in model.layers[-num_layers:]:
+            layer.unfreeze()
+    else:
+        if settings.lora_keys is not None:
+            known = lora_keys_of(model)
+            wrong = sorted(set(settings.lora_keys) - set(known))
+            if wrong:
+                raise ConfigError(
+                    f"config error: train.lora_keys {', '.join(wrong)} not in the model; "
+                    f"known: {', '.join(known)}"
+                )
+        tuner_utils.linear_to_lora_layers(
+            model, num_layers, settings.lora_parameters(), use_dora=settings.fine_tune_type == "dora"
+        )
+    params = tree_flatten(model.parameters())
+    trainable = sum(int(v.size) for _, v in tree_flatten(model.trainable_parameters()))
+    if trainable == 0:
+        raise ConfigError("config error: nothing to train: check train.num_layers and train.lora_keys")
+    final_dtype = _float_dtype(model)
+    return PreparedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        dtype=str(final_dtype).replace("mlx.core.", ""),
+        dequantized=dequantized,
+        num_layers=num_layers,
+        total_params=sum(int(v.size) for _, v in params),
+        trainable_params=trainable,
+        weight_bytes=sum(int(v.nbytes) for _, v in params),
+    )
+
+
+def build_learning_rate(settings: TrainSettings, updates: int) -> tuple[float | Callable[[Any], Any], int]:
+    """Learning rate or schedule (mlx-lm's ``build_schedule``) over ``updates`` optimizer steps."""
+    lr = settings.learning_rate
+    warmup = round(settings.warmup_ratio * updates) if updates > 1 else 0
+    decay_steps = max(1, updates - warmup)
+    end = lr * settings.min_lr_ratio
+    if settings.lr_schedule == "cosine":
+        schedule = {"name": "cosine_decay", "arguments": [lr, decay_steps, end], "warmup": warmup}
+    elif settings.lr_schedule == "linear":
+        schedule = {"name": "linear_schedule", "arguments": [lr, end, decay_steps], "warmup": warmup}
+    elif warmup:
+        schedule = {"name": "linear_schedule", "arguments": [lr, lr, 1], "warmup": warmup}
+    else:
+        return lr, 0
+    built: Callable[[Any], Any] = tuner_utils.build_schedule(schedule)
+    return built, warmup
+
+
+def build_optimizer(settings: TrainSettings, learning_rate: float | Callable[[Any], Any]) -> optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return optim.AdamW(learning_rate=learning_rate, weight_decay=settings.weight_decay)
+    return optim.Adam(learning_rate=learning_rate)
+
+
+def trainable_weights(model: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Save the trainable parameters atomically (write a temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), trainable_weights(model))
+    os.replace(tmp, path)
+
+
+def adapter_config(settings: TrainSettings, prepared: PreparedModel, model_dir: str | Path) -> dict[str, Any]:
+    """``adapter_config.json`` as mlx-lm's ``load_adapters`` reads it, plus our resolved settings."""
+    return {
+        "fine_tune_type": settings.fine_tune_type,
+        "num_layers": prepared.num_layers,
+        "lora_parameters": settings.lora_parameters(),
+        "model": str(model_dir),
+        "train_settings": settings.as_dict(),
+    }
+
+
+def _progress_iterator(progress: tqdm) -> Callable[..., Iterator[Any]]:  # type: ignore[type-arg]
+    """mlx-lm's ``iterate_batches`` that also advances the progress bar per training batch."""
+
+    def iterate(
+        dataset: Any,
+        batch_size: int,
+        max_seq_length: int,
+        loop: bool = False,
+        seed: int | None = None,
+        comm_group: Any = None,
+    ) -> Iterator[Any]:
+        batches = mlx_trainer.iterate_batches(
+            dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length,
+            loop=loop, seed=seed, comm_group=comm_group,
+        )
+        for batch in batches:
+            yield batch
+            if loop:
+                progress.update(1)
+
+    return iterate
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def _check_split_size(name: str, size: int, batch_size: int) -> None:
+    if size < batch_size:
+        raise InputFileError(
+            f"{name} has {size} example(s), fewer than train.batch_size {batch_size}: "
+            "lower train.batch_size or add data"
+        )
+
+
+def run_training(
+    train_path: str | Path,
+    valid_path: str | Path,
+    model_dir: str | Path,
+    outputs: TrainOutputs,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """Train, keep the best adapter, write metrics, plot and summary; return the summary."""
+    started = time.perf_counter()
+    logger.info("BLAS: %s; device: %s; mlx %s", BLAS, mx.default_device(), mx.__version__)
+    np.random.seed(settings.seed)
+    mx.random.seed(settings.seed)
+
+    train_rows = load_chat_split(train_path, need_assistant_last=settings.mask_prompt)
+    valid_rows = load_chat_split(valid_path, need_assistant_last=settings.mask_prompt)
+    _check_split_size(str(train_path), len(train_rows), settings.batch_size)
+    _check_split_size(str(valid_path), len(valid_rows), settings.batch_size)
+
+    prepared = prepare_model(model_dir, settings)
+    model = prepared.model
+    train_set, train_stats = tokenize_split(
+        train_rows, prepared.tokenizer, mask_prompt=settings.mask_prompt, max_seq_length=settings.max_seq_length
+    )
+    valid_set, valid_stats = tokenize_split(
+        valid_rows, prepared.tokenizer, mask_prompt=settings.mask_prompt, max_seq_length=settings.max_seq_length
+    )
+    for name, stats in (("train", train_stats), ("valid", valid_stats)):
+        logger.info("%s: %d examples, %d tokens (%d trained on), longest %d", name, stats.examples,
+                    stats.tokens, stats.target_tokens, stats.longest)
+        if stats.truncated:
+            logger.warning("%s: %d example(s) longer than train.max_seq_length %d are truncated", name,
+                           stats.truncated, settings.max_seq_length)
+        if stats.without_targets:
+            logger.warning("%s: %d example(s) have no answer tokens left after truncation: raise "
+                           "train.max_seq_length", name, stats.without_targets)
+
+    seq_len = effective_seq_len(max(train_stats.longest, valid_stats.longest), settings.max_seq_length)
+    estimate = estimate_memory(
+        ModelShape.from_config(prepared.config),
+        weights_bytes=prepared.weight_bytes,
+        trainable_params=prepared.trainable_params,
+        activation_bytes=4 if prepared.dtype == "float32" else 2,
+        batch_size=settings.batch_size,
+        seq_len=seq_len,
+        trained_layers=prepared.num_layers,
+        grad_checkpoint=settings.grad_checkpoint,
+        grad_accumulation_steps=settings.grad_accumulation_steps,
+    )
+    limit = memory_limit_gb(settings.max_memory_gb)
+    logger.info("memory estimate: %s for batch %d x %d tokens x %d layers (limit %s GB)", estimate.describe(),
+                settings.batch_size, seq_len, prepared.num_layers, f"{limit:.1f}" if limit else "none")
+    check_memory(estimate, limit, grad_checkpoint=settings.grad_checkpoint)
+
+    per_epoch = batches_per_epoch(train_stats.examples, settings.batch_size)
+    iters = settings.resolve_iters(train_stats.examples)
+    updates = max(1, iters // settings.grad_accumulation_steps)
+    learning_rate, warmup = build_learning_rate(settings, updates)
+    optimizer = build_optimizer(settings, learning_rate)
+    logger.info(
+        "%s fine-tune: %d of %d layers, %.3fM of %.1fM parameters trainable (%s), rank %d, scale %.3g; "
+        "%d iterations (%.2f epochs of %d batches), %d optimizer updates, %d warmup",
+        settings.fine_tune_type, prepared.num_layers, len(model.layers), prepared.trainable_params / 1e6,
+        prepared.total_params / 1e6, prepared.dtype, settings.rank, settings.scale, iters,
+        iters / max(1, per_epoch), per_epoch, updates, warmup,
+    )
+    mx.eval(model.parameters())
+
+    for stale in (outputs.adapters, outputs.last):
+        stale.unlink(missing_ok=True)
+    if outputs.checkpoint_dir.exists():
+        shutil.rmtree(outputs.checkpoint_dir)
+    outputs.adapter_dir.mkdir(parents=True, exist_ok=True)
+    write_json(outputs.adapter_config, adapter_config(settings, prepared, model_dir))
+
+    def keep_checkpoint(iteration: int) -> None:
+        if settings.keep_eval_checkpoints:
+            save_weights(model, outputs.checkpoint_dir / f"{iteration:07d}_adapters.safetensors")
+
+    progress = tqdm(total=iters, desc="train", unit="it", leave=False, disable=None)
+    callback = MetricsCallback(
+        metrics_path=outputs.metrics,
+        batches_per_epoch=per_epoch,
+        stopper=EarlyStopping(settings.early_stopping_patience, settings.early_stopping_min_delta),
+        final_iteration=iters,
+        save_best=lambda iteration: save_weights(model, outputs.adapters),
+        on_eval=keep_checkpoint,
+        learning_rate=lambda: float(optimizer.learning_rate.item()),
+        peak_memory_gb=lambda: mx.get_peak_memory() / 1e9,
+        progress=progress,
+    )
+    # One iteration more than wanted: mlx-lm validates *before* the step of iteration it, so the val
+    # report of the last planned step comes at it = iters + 1, and our callback stops right there.
+    args = mlx_trainer.TrainingArgs(
+        batch_size=settings.batch_size,
+        iters=iters + 1,
+        val_batches=settings.val_batches,
+        steps_per_report=settings.steps_per_report,
+        steps_per_eval=settings.steps_per_eval,
+        steps_per_save=iters + 2,
+        max_seq_length=settings.max_seq_length,
+        adapter_file=str(outputs.last),
+        grad_checkpoint=settings.grad_checkpoint,
+        grad_accumulation_steps=settings.grad_accumulation_steps,
+    )
+    mx.reset_peak_memory()
+    stop: StopTraining | None = None
+    train_started = time.perf_counter()
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            # mlx-lm's rich console table goes nowhere: the log and metrics.jsonl carry the numbers.
+            mlx_trainer.train(
+                model=model,
+                optimizer=optimizer,
+                train_dataset=train_set,
+                val_dataset=valid_set,
+                args=args,
+                iterate_batches=_progress_iterator(progress),
+                training_callback=callback,
+            )
+    except StopTraining as signal:
+        stop = signal
+    finally:
+        progress.close()
+    train_seconds = time.perf_counter() - train_started
+    save_weights(model, outputs.last)
+    if not outputs.adapters.exists():  # only if no val report ever ran
+        shutil.copyfile(outputs.last, outputs.adapters)
+    stopper = callback.stopper
+    iterations_run = stop.iteration if stop is not None else iters
+    early_stopped = stop is not None and stop.reason == "early_stopped"
+    if stopper.best_iteration == 0:
+        logger.warning("the best val loss is the untrained model's (iteration 0): the adapter is a no-op; "
+                       "check train.learning_rate and the data")
+    plot_losses(callback.rows, outputs.plot, best_iteration=stopper.best_iteration,
+                title=f"Fine-tuning loss ({settings.fine_tune_type}, {Path(model_dir).name})")
+    val_rows = [row for row in callback.rows if row["kind"] == "val"]
+    summary = {
+        "settings": settings.as_dict(),
+        "resolved": {
+            "iters": iters,
+            "batches_per_epoch": per_epoch,
+            "epochs": round(iters / max(1, per_epoch), 4),
+            "optimizer_updates": updates,
+            "warmup_updates": warmup,
+            "lora_scale": settings.scale if settings.fine_tune_type != "full" else None,
+            "num_layers": prepared.num_layers,
+            "model_layers": len(model.layers),
+            "dtype": prepared.dtype,
+            "dequantized": prepared.dequantized,
+            "effective_seq_len": seq_len,
+        },
+        "best_iteration": stopper.best_iteration,
+        "best_epoch": callback.epoch(stopper.best_iteration) if stopper.best_iteration is not None else None,
+        "best_val_loss": stopper.best_loss if math.isfinite(stopper.best_loss) else None,
+        "initial_val_loss": val_rows[0]["val_loss"] if val_rows else None,
+        "last_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+        "final_train_loss": callback.final_train_loss,
+        "iterations_run": iterations_run,
+        "early_stopped": early_stopped,
+        "tokens_per_second_mean": callback.mean_tokens_per_second,
+        "trained_tokens": int(callback.train_tokens),
+        "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
+        "memory_estimate_gb": estimate.as_dict(),
+        "memory_limit_gb": round(limit, 2) if limit else None,
+        "trainable_parameters": prepared.trainable_params,
+        "total_parameters": prepared.total_params,
+        "blas": BLAS,
+        "device": str(mx.default_device()),
+        "platform": platform.platform(),
+        "mlx_version": mx.__version__,
+        "seed": settings.seed,
+        "dataset": {"train": train_stats.as_dict(), "valid": valid_stats.as_dict()},
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(outputs.summary, summary)
+    logger.info(
+        "done: %d iterations%s, best val loss %.4f at iteration %s (initial %.4f), %.0f tokens/s, "
+        "peak memory %.2f GB",
+        iterations_run, " (early stopped)" if early_stopped else "", stopper.best_loss,
+        stopper.best_iteration, summary["initial_val_loss"] or math.nan,
+        summary["tokens_per_second_mean"] or math.nan, summary["peak_memory_gb"],
+    )
+    return summary
+
+
+def train_from_config(
+    train_path: str | Path,
+    valid_path: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    train_config: dict[str, Any],
+) -> dict[str, Any]:
+    """Entry point of the Snakemake rule: ``train_config`` is the resolved ``config["train"]``."""
+    return run_training(train_path, valid_path, model_dir, TrainOutputs.in_dir(out_dir),
+                        TrainSettings.from_config(train_config))
+
+
+def read_summary(out_dir: str | Path) -> dict[str, Any]:
+    data: dict[str, Any] = read_json(TrainOutputs.in_dir(out_dir).summary)
+    return data

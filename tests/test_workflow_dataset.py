@@ -1,0 +1,103 @@
+"""The data half through real Snakemake on a copy of the repository (sample channel, no network)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workflow import copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
+    run = snakemake(workdir, "dataset")
+    assert run.returncode == 0, run.output[-4000:]
+    yield workdir
+
+
+def test_dataset_outputs(dataset_run: Path) -> None:
+    out = dataset_run / "results" / "dataset"
+    splits = {}
+    for name in ("train", "valid", "test"):
+        rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert rows, name
+        for row in rows:
+            roles = [m["role"] for m in row["messages"]]
+            assert roles == ["system", "user", "assistant"]
+            assert "Crumb Lab" in row["messages"][0]["content"]
+        splits[name] = {row["meta"]["video_id"] for row in rows}
+    assert not splits["train"] & splits["valid"]
+    assert not splits["train"] & splits["test"]
+    assert not splits["valid"] & splits["test"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["examples"]["total"] == sum(stats["examples"][n] for n in ("train", "valid", "test"))
+    # The sample's reference responses include flawed and unanswerable questions: each drop is counted.
+    assert any(key.startswith("validate:") for key in stats["dropped"])
+    assert any(key.startswith("answer: not answered by its chunk") for key in stats["dropped"])
+    skipped = {v["video_id"]: v["reason"] for v in stats["skipped_videos"]}
+    assert "Rf4Tg6Yh1Uj" in skipped and "Ik9Ol2Pz5Xa" in skipped  # the short and the live stream
+    assert (out / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_review_pages_link_timestamps(dataset_run: Path) -> None:
+    page = (dataset_run / "results" / "review" / "Jk5Lz0Xc2Vb.md").read_text()
+    assert page.startswith("# Baking in a Dutch Oven")
+    assert "https://youtu.be/Jk5Lz0Xc2Vb?t=" in page
+    index = (dataset_run / "results" / "review" / "index.md").read_text()
+    assert index.count("](") == 10
+
+
+def test_default_config_makes_zero_backend_calls(dataset_run: Path) -> None:
+    # No ANTHROPIC_API_KEY was set: a cache miss would have failed the run. Nothing was written to the
+    # writable cache either, so every response came from the sample's reference cache.
+    cache = dataset_run / "cache" / "llm"
+    assert not list(cache.glob("??/*.json"))
+    log = (dataset_run / "logs" / "extract_questions" / "Jk5Lz0Xc2Vb.log").read_text()
+    assert "0 backend calls" in log
+
+
+def test_rerun_is_a_no_op(dataset_run: Path) -> None:
+    run = snakemake(dataset_run, "-n", "dataset")
+    assert run.returncode == 0, run.output
+    assert "Nothing to be done" in run.output
+
+
+def test_question_count_change_reruns_only_affected_rules(dataset_run: Path, tmp_path: Path) -> None:
+    edit_config(dataset_run, questions={"per_1k_tokens": 9})
+    try:
+        run = snakemake(dataset_run, "-n", "dataset")
+    finally:
+        edit_config(dataset_run, questions={"per_1k_tokens": 7})
+    assert run.returncode == 0, run.output
+    jobs = dry_run_jobs(run)
+    assert set(jobs) == {
+        "extract_questions", "validate_questions", "answer_questions", "review", "review_index",
+        "build_dataset", "dataset",
+    }, jobs
+    assert jobs["extract_questions"] == 10
+    reasons = dry_run_reasons(run)
+    assert reasons["extract_questions"] == {"Params have changed since last execution"}
+    assert all("Input files updated by another job" in r for r in reasons["answer_questions"])
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("dataset", {"near_duplicat_threshold": 0.8}, "unknown key 'dataset.near_duplicat_threshold' (did you mean 'near_duplicate_threshold'?)"),
+        ("chunk", {"max_tokens": 10}, "chunk.max_tokens: 10 is less than the minimum of 50"),
+        ("llm", {"backend": "openai"}, "llm.backend: 'openai' is not one of ['anthropic', 'llama_cpp']"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path: Path, section: str, values: dict[str, object], message: str) -> None:
+    workdir = copy_workflow(tmp_path)
+    edit_config(workdir, **{section: values})
+    run = snakemake(workdir, "-n", "dataset")
+    assert run.returncode != 0
+    assert message in run.output
+    assert not (workdir / "results").exists()

@@ -1,0 +1,95 @@
+"""Run the real Snakemake workflow on a copy of the repository in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("Snakefile", "rules", "scripts", "config.yaml", "config.schema.yaml", "data", "profiles", "report")
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".mypy_cache")
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=ignore)
+        elif source.exists():
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def edit_config(workdir: Path, **sections: dict[str, Any]) -> None:
+    """Merge ``sections`` into the copy's config.yaml (one level deep per section)."""
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> Run:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    environment.update(env or {})
+    proc = subprocess.run(
+        [SNAKEMAKE, "--cores", "2", *args],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def dry_run_jobs(run: Run) -> dict[str, int]:
+    """Rule name -> job count from the job stats table of a dry-run."""
+    jobs: dict[str, int] = {}
+    in_table = False
+    for line in run.output.splitlines():
+        if line.startswith("job") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if match and match.group(1) != "total":
+                jobs[match.group(1)] = int(match.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return jobs
+
+
+def dry_run_reasons(run: Run) -> dict[str, set[str]]:
+    """Rule name -> the set of 'reason' lines of its jobs in a dry-run."""
+    reasons: dict[str, set[str]] = {}
+    rule = None
+    for line in run.output.splitlines():
+        match = re.match(r"^(?:localrule|rule|checkpoint) (\w+):", line)
+        if match:
+            rule = match.group(1)
+        elif rule and line.strip().startswith("reason:"):
+            reasons.setdefault(rule, set()).add(line.strip()[len("reason:") :].strip())
+    return reasons
