@@ -131,7 +131,10 @@ class FakeAnthropic:
 
     def start(self) -> FakeAnthropic:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-anthropic", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="fake-anthropic",
+            daemon=True,
         )
         self._thread.start()
         return self

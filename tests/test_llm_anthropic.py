@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from fake_anthropic import FakeAnthropic, RecordedRequest, error, ok, rate_limited, server_error
-
 from tubetune.errors import TubetuneError
 from tubetune.llm.backends import BackendError, MissingCredentialsError
 from tubetune.llm.cache import iter_entries
@@ -25,6 +24,20 @@ SCHEMA: dict[str, Any] = {
     },
     "required": ["questions"],
     "additionalProperties": False,
+}
+# What goes on the wire: the SDK's transform_schema moves constraints the API cannot enforce
+# (minLength here) into descriptions; the client still checks them on every reply.
+WIRE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "questions": {
+            "type": "array",
+            "items": {"type": "string", "description": "{minLength: 1}"},
+            "minItems": 1,
+        },
+    },
+    "additionalProperties": False,
+    "required": ["questions"],
 }
 SYSTEM = "You write questions a viewer would ask about a sourdough video transcript."
 GOOD = {"questions": ["How long should the starter rest before the bake?"]}
@@ -52,12 +65,13 @@ def chunk_request(client: LLMClient, n: int = 1) -> LLMRequest:
 
 def request_from_wire(body: dict[str, Any]) -> LLMRequest:
     """Rebuild the LLMRequest a recorded HTTP body was made from (inverse of the backend)."""
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": WIRE_SCHEMA}}
     return LLMRequest(
         backend="anthropic",
         model=body["model"],
         system=body.get("system", ""),
         messages=tuple(Message(m["role"], m["content"]) for m in body["messages"]),
-        output_schema=body["output_config"]["format"]["schema"],
+        output_schema=SCHEMA,
         max_tokens=body["max_tokens"],
     )
 
@@ -66,7 +80,9 @@ def stored_keys(settings: LLMSettings) -> set[str]:
     return {entry["key"] for entry in iter_entries(settings.cache_dir)}
 
 
-def test_success_sends_schema_model_and_no_temperature(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_success_sends_schema_model_and_no_temperature(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
     fake_anthropic.script(ok(GOOD, input_tokens=120, output_tokens=30))
     client = LLMClient(settings)
     request = chunk_request(client)
@@ -87,7 +103,7 @@ def test_success_sends_schema_model_and_no_temperature(settings: LLMSettings, fa
     assert sent.body["model"] == "claude-haiku-4-5"
     assert sent.body["max_tokens"] == settings.max_tokens
     assert sent.body["system"] == SYSTEM
-    assert sent.body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+    assert sent.body["output_config"] == {"format": {"type": "json_schema", "schema": WIRE_SCHEMA}}
     assert sent.body["messages"] == [m.to_dict() for m in request.messages]
     assert request_from_wire(sent.body).key() == request.key()
     [entry] = list(iter_entries(settings.cache_dir))
@@ -98,7 +114,9 @@ def test_success_sends_schema_model_and_no_temperature(settings: LLMSettings, fa
     assert client.stats()["calls"] == 1
 
 
-def test_second_client_replays_from_cache_without_http(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_second_client_replays_from_cache_without_http(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
     fake_anthropic.script(ok(GOOD))
     first = LLMClient(settings).complete_json(chunk_request(LLMClient(settings)))
     assert len(fake_anthropic.requests) == 1
@@ -113,7 +131,9 @@ def test_second_client_replays_from_cache_without_http(settings: LLMSettings, fa
     assert "calls" not in client.stats()
 
 
-def test_invalid_json_is_reasked_and_both_replies_cached(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_invalid_json_is_reasked_and_both_replies_cached(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
     fake_anthropic.script(ok('{"questions": ["unfinished'), ok(GOOD))
     client = LLMClient(settings)
     request = chunk_request(client)
@@ -138,8 +158,10 @@ def test_invalid_json_is_reasked_and_both_replies_cached(settings: LLMSettings, 
     assert len(fake_anthropic.requests) == 2
 
 
-def test_schema_violation_reason_goes_into_the_reask(settings: LLMSettings, fake_anthropic: FakeAnthropic):
-    fake_anthropic.script(ok({"questions": []}), ok(GOOD))
+def test_schema_violation_reason_goes_into_the_reask(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(ok({"questions": [""]}), ok(GOOD))
     client = LLMClient(settings)
 
     result = client.complete_json(chunk_request(client))
@@ -147,11 +169,11 @@ def test_schema_violation_reason_goes_into_the_reask(settings: LLMSettings, fake
     assert result.attempts == 2
     reask = fake_anthropic.message_requests()[1].body["messages"][-1]["content"]
     assert "does not match the schema" in reask
-    assert "$.questions" in reask
+    assert "should be non-empty at $.questions[0]" in reask
     assert client.stats()["reasks"] == 1
 
 
-def test_validate_callback_rejects_and_reasks(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_validate_callback_rejects_and_reasks(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.script(ok({"questions": ["What is a levain?"]}), ok(GOOD))
     client = LLMClient(settings)
 
@@ -166,7 +188,9 @@ def test_validate_callback_rejects_and_reasks(settings: LLMSettings, fake_anthro
     assert "question 1 is not answered by the transcript" in reask
 
 
-def test_invalid_after_all_reasks_raises_and_replays(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_invalid_after_all_reasks_raises_and_replays(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
     settings = dataclasses.replace(settings, max_reasks=1)
     fake_anthropic.script(ok("Sure! Here are some questions."), ok("```json\n{}\n```"))
     client = LLMClient(settings)
@@ -187,7 +211,7 @@ def test_invalid_after_all_reasks_raises_and_replays(settings: LLMSettings, fake
     assert len(fake_anthropic.requests) == 2
 
 
-def test_rate_limit_is_retried_by_the_sdk(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_rate_limit_is_retried_by_the_sdk(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.script(rate_limited(), ok(GOOD))
     client = LLMClient(settings)
 
@@ -200,7 +224,9 @@ def test_rate_limit_is_retried_by_the_sdk(settings: LLMSettings, fake_anthropic:
     assert second.headers.get("x-stainless-retry-count") == "1"
 
 
-def test_persistent_500_raises_backend_error_with_one_line(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_persistent_500_raises_backend_error_with_one_line(
+    settings: LLMSettings, fake_anthropic: FakeAnthropic
+) -> None:
     fake_anthropic.always(server_error())
     client = LLMClient(settings)
 
@@ -213,26 +239,31 @@ def test_persistent_500_raises_backend_error_with_one_line(settings: LLMSettings
     assert stored_keys(settings) == set()
 
 
-def test_bad_request_is_not_retried(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_bad_request_is_not_retried(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.script(error(400, "invalid_request_error", "output_config.format.schema: bad\nschema"))
     client = LLMClient(settings)
 
     with pytest.raises(BackendError) as caught:
         client.complete_json(chunk_request(client))
 
-    assert str(caught.value) == "anthropic: HTTP 400 invalid_request_error: output_config.format.schema: bad schema"
+    assert (
+        str(caught.value)
+        == "anthropic: HTTP 400 invalid_request_error: output_config.format.schema: bad schema"
+    )
     assert len(fake_anthropic.requests) == 1
 
 
-def test_bad_key_names_the_variable(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_bad_key_names_the_variable(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.script(error(401, "authentication_error", "invalid x-api-key"))
     client = LLMClient(settings)
 
-    with pytest.raises(BackendError, match=r"HTTP 401 authentication_error: invalid x-api-key \(check ANTHROPIC"):
+    with pytest.raises(
+        BackendError, match=r"HTTP 401 authentication_error: invalid x-api-key \(check ANTHROPIC"
+    ):
         client.complete_json(chunk_request(client))
 
 
-def test_timeout_raises_backend_error(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_timeout_raises_backend_error(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     settings = dataclasses.replace(settings, timeout_s=0.2, max_retries=0)
     fake_anthropic.script(ok(GOOD, delay_s=1.0))
     client = LLMClient(settings)
@@ -242,7 +273,7 @@ def test_timeout_raises_backend_error(settings: LLMSettings, fake_anthropic: Fak
     assert stored_keys(settings) == set()
 
 
-def test_unreachable_server_raises_backend_error(settings: LLMSettings):
+def test_unreachable_server_raises_backend_error(settings: LLMSettings) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -253,7 +284,7 @@ def test_unreachable_server_raises_backend_error(settings: LLMSettings):
         client.complete_json(chunk_request(client))
 
 
-def test_killed_run_never_pays_twice(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_killed_run_never_pays_twice(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     """The server fails for good after two answers; the rerun only asks for what was never stored."""
     fake_anthropic.script(ok({"questions": ["q1"]}), ok("not json"), ok({"questions": ["q2"]}))
     fake_anthropic.always(server_error())
@@ -279,7 +310,7 @@ def test_killed_run_never_pays_twice(settings: LLMSettings, fake_anthropic: Fake
     assert not {request_from_wire(r.body).key() for r in new_requests} & paid
 
 
-def test_reply_is_stored_before_it_is_checked(settings: LLMSettings, fake_anthropic: FakeAnthropic):
+def test_reply_is_stored_before_it_is_checked(settings: LLMSettings, fake_anthropic: FakeAnthropic) -> None:
     """A crash while checking a reply (here: in the validate callback) loses nothing paid for."""
     fake_anthropic.script(ok(GOOD))
     client = LLMClient(settings)
@@ -297,7 +328,7 @@ def test_reply_is_stored_before_it_is_checked(settings: LLMSettings, fake_anthro
 
 def test_missing_key_on_a_miss_is_one_clear_line(
     settings: LLMSettings, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     settings = dataclasses.replace(settings, seed_cache_dirs=("data/sample/llm_cache",))
     client = LLMClient(settings)
@@ -310,13 +341,16 @@ def test_missing_key_on_a_miss_is_one_clear_line(
     assert "\n" not in message
     assert request.key() in message
     assert f"searched {settings.cache_dir}, data/sample/llm_cache" in message
-    assert "set ANTHROPIC_API_KEY, or choose llm.backend: llama_cpp with llm.gguf, or restore the cache" in message
+    assert (
+        "set ANTHROPIC_API_KEY, or choose llm.backend: llama_cpp with llm.gguf, or restore the cache"
+        in message
+    )
     assert fake_anthropic.requests == []
 
 
 def test_cache_hit_needs_no_key_and_no_sdk_client(
     settings: LLMSettings, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     fake_anthropic.script(ok(GOOD))
     LLMClient(settings).complete_json(chunk_request(LLMClient(settings)))
     monkeypatch.delenv("ANTHROPIC_API_KEY")
@@ -330,7 +364,7 @@ def test_cache_hit_needs_no_key_and_no_sdk_client(
 
 def test_seed_cache_is_read_but_never_written(
     settings: LLMSettings, fake_anthropic: FakeAnthropic, tmp_path: Path
-):
+) -> None:
     seed = dataclasses.replace(settings, cache_dir=str(tmp_path / "seed"))
     fake_anthropic.script(ok(GOOD), ok({"questions": ["new"]}))
     LLMClient(seed).complete_json(chunk_request(LLMClient(seed), 1))
@@ -348,8 +382,10 @@ def test_seed_cache_is_read_but_never_written(
 
 def test_log_summary_counts_everything(
     settings: LLMSettings, fake_anthropic: FakeAnthropic, caplog: pytest.LogCaptureFixture
-):
-    fake_anthropic.script(ok("oops", input_tokens=10, output_tokens=1), ok(GOOD, input_tokens=30, output_tokens=7))
+) -> None:
+    fake_anthropic.script(
+        ok("oops", input_tokens=10, output_tokens=1), ok(GOOD, input_tokens=30, output_tokens=7)
+    )
     client = LLMClient(settings)
     client.complete_json(chunk_request(client))
     client.complete_json(chunk_request(client))
@@ -358,5 +394,7 @@ def test_log_summary_counts_everything(
         line = client.log_summary()
 
     assert line in caplog.text
-    assert line.startswith("LLM anthropic/claude-haiku-4-5: 4 requests, 2 cache hits, 2 backend calls, 2 re-asks")
+    assert line.startswith(
+        "LLM anthropic/claude-haiku-4-5: 4 requests, 2 cache hits, 2 backend calls, 2 re-asks"
+    )
     assert "tokens in 40, out 8" in line

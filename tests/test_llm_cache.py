@@ -11,7 +11,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from tubetune.config import validate_config
 from tubetune.errors import ConfigError
 from tubetune.llm.cache import CachedResponse, ResponseCache, entry_path, iter_entries
@@ -43,7 +42,7 @@ def make_request(**changes: Any) -> LLMRequest:
 # -- keys ----------------------------------------------------------------------------------------
 
 
-def test_key_is_pinned():
+def test_key_is_pinned() -> None:
     """Reference responses are stored under these keys: changing the key format orphans them all."""
     assert make_request().key() == "79d3895e484a75dee5de125df02bbfd4d774e855601618b99491b4e59b4b17e4"
 
@@ -59,16 +58,16 @@ def test_key_is_pinned():
         {"max_tokens": 513},
     ],
 )
-def test_anything_that_reaches_the_model_changes_the_key(changes: dict[str, Any]):
+def test_anything_that_reaches_the_model_changes_the_key(changes: dict[str, Any]) -> None:
     assert make_request(**changes).key() != make_request().key()
 
 
-def test_key_ignores_dict_order():
+def test_key_ignores_dict_order() -> None:
     reordered = dict(reversed(list(SCHEMA.items())))
     assert make_request(output_schema=reordered).key() == make_request().key()
 
 
-def test_reask_request_appends_the_bad_reply_and_the_reason():
+def test_reask_request_appends_the_bad_reply_and_the_reason() -> None:
     original = make_request()
     reask = reask_request(original, "", "the reply was empty")
     assert reask.messages[:-2] == original.messages
@@ -81,17 +80,23 @@ def test_reask_request_appends_the_bad_reply_and_the_reason():
 # -- the cache -----------------------------------------------------------------------------------
 
 
-def test_put_writes_one_json_file_named_by_key(tmp_path: Path):
+def test_put_writes_one_json_file_named_by_key(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "cache")
     request = make_request()
-    path = cache.put(request, CachedResponse(key=request.key(), text='{"answer": "2 h"}', usage={"input_tokens": 9}))
+    path = cache.put(
+        request, CachedResponse(key=request.key(), text='{"answer": "2 h"}', usage={"input_tokens": 9})
+    )
 
     assert path == entry_path(tmp_path / "cache", request.key())
     assert path.parent.name == request.key()[:2]
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left behind
     entry = json.loads(path.read_text(encoding="utf-8"))
     assert LLMRequest.from_dict(entry["request"]).key() == request.key()
-    assert entry["response"] == {"text": '{"answer": "2 h"}', "usage": {"input_tokens": 9}, "stop_reason": None}
+    assert entry["response"] == {
+        "text": '{"answer": "2 h"}',
+        "usage": {"input_tokens": 9},
+        "stop_reason": None,
+    }
     assert cache.get(request) == CachedResponse(
         key=request.key(), text='{"answer": "2 h"}', usage={"input_tokens": 9}
     )
@@ -99,7 +104,7 @@ def test_put_writes_one_json_file_named_by_key(tmp_path: Path):
     assert make_request(max_tokens=1) not in cache
 
 
-def test_writable_cache_wins_then_seeds_in_order(tmp_path: Path):
+def test_writable_cache_wins_then_seeds_in_order(tmp_path: Path) -> None:
     request = make_request()
     for name in ("seed1", "seed2", "own"):
         ResponseCache(tmp_path / name).put(request, CachedResponse(key=request.key(), text=name))
@@ -110,7 +115,7 @@ def test_writable_cache_wins_then_seeds_in_order(tmp_path: Path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_unreadable_entry_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_unreadable_entry_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     request = make_request()
     ResponseCache(tmp_path / "seed").put(request, CachedResponse(key=request.key(), text="from seed"))
     broken = entry_path(tmp_path / "own", request.key())
@@ -124,9 +129,11 @@ def test_unreadable_entry_is_skipped_with_a_warning(tmp_path: Path, caplog: pyte
     assert "ignoring unreadable cache entry" in caplog.text
 
 
-def test_client_serves_hits_without_touching_the_backend(tmp_path: Path):
+def test_client_serves_hits_without_touching_the_backend(tmp_path: Path) -> None:
     """llama_cpp with a GGUF that does not exist: a hit never loads it, a miss says what is wrong."""
-    settings = LLMSettings(backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c"))
+    settings = LLMSettings(
+        backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c")
+    )
     client = LLMClient(settings)
     request = client.new_request("You answer questions.", "How long?", SCHEMA)
     assert request.model == "gguf:absent.gguf"
@@ -140,8 +147,10 @@ def test_client_serves_hits_without_touching_the_backend(tmp_path: Path):
         client.complete_json(client.new_request("You answer questions.", "How hot?", SCHEMA))
 
 
-def test_cached_invalid_chain_replays_to_a_valid_answer(tmp_path: Path):
-    settings = LLMSettings(backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c"))
+def test_cached_invalid_chain_replays_to_a_valid_answer(tmp_path: Path) -> None:
+    settings = LLMSettings(
+        backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c")
+    )
     client = LLMClient(settings)
     request = client.new_request("You answer questions.", "How long?", SCHEMA)
     client.cache.put(request, CachedResponse(key=request.key(), text='{"answer": 2}'))
@@ -165,7 +174,7 @@ def llm_schema_section() -> dict[str, Any]:
     return section
 
 
-def test_dataclass_defaults_match_the_config_schema():
+def test_dataclass_defaults_match_the_config_schema() -> None:
     properties = llm_schema_section()["properties"]
     defaults = LLMSettings()
     assert set(properties) == {f.name for f in dataclasses.fields(LLMSettings)}
@@ -174,7 +183,7 @@ def test_dataclass_defaults_match_the_config_schema():
         assert getattr(defaults, name) == expected, name
 
 
-def test_from_config_on_the_validated_project_config():
+def test_from_config_on_the_validated_project_config() -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     validate_config(config, ROOT / "config.schema.yaml")
 
@@ -197,14 +206,14 @@ def test_from_config_on_the_validated_project_config():
         ({"max_reasks": -1}, "must be >= 0"),
     ],
 )
-def test_bad_settings_are_one_line_config_errors(section: dict[str, Any], message: str):
+def test_bad_settings_are_one_line_config_errors(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         LLMSettings.from_config(section).request_model  # noqa: B018
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
-def test_bundled_gguf_resolves_to_the_packaged_file():
+def test_bundled_gguf_resolves_to_the_packaged_file() -> None:
     settings = LLMSettings.from_config({"backend": "llama_cpp", "gguf": "bundled:smollm2-135m-instruct"})
     assert settings.gguf_path().is_file()
     assert settings.request_model == "gguf:SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -222,7 +231,7 @@ def test_bundled_gguf_resolves_to_the_packaged_file():
         ('```\n{"answer": "x"}', {"answer": "x"}),
     ],
 )
-def test_parse_json_accepts_plain_and_fenced(text: str, data: Any):
+def test_parse_json_accepts_plain_and_fenced(text: str, data: Any) -> None:
     assert parse_json(text) == data
 
 
@@ -235,13 +244,13 @@ def test_parse_json_accepts_plain_and_fenced(text: str, data: Any):
         ("Here you go: {}", "not JSON (Expecting value at line 1 column 1)"),
     ],
 )
-def test_parse_json_reasons(text: str, reason: str):
+def test_parse_json_reasons(text: str, reason: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_json(text)
     assert str(caught.value).startswith(reason)
 
 
-def test_schema_error_names_the_path_and_fits_on_one_line():
+def test_schema_error_names_the_path_and_fits_on_one_line() -> None:
     validator = jsonschema.Draft202012Validator(
         {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}}
     )

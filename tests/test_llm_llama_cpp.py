@@ -8,7 +8,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-
 from tubetune.llm.backends import LlamaCppBackend
 from tubetune.llm.cache import iter_entries
 from tubetune.llm.client import InvalidOutputError, LLMClient, LLMResult
@@ -60,7 +59,7 @@ def first_run(
     return settings, client.complete_json(question_request(client))
 
 
-def test_schema_constrained_json_parses_and_validates(first_run: tuple[LLMSettings, LLMResult]):
+def test_schema_constrained_json_parses_and_validates(first_run: tuple[LLMSettings, LLMResult]) -> None:
     settings, result = first_run
     jsonschema.validate(result.data, SCHEMA)
     assert result.data["difficulty"] in {"easy", "medium", "hard"}
@@ -71,7 +70,9 @@ def test_schema_constrained_json_parses_and_validates(first_run: tuple[LLMSettin
     assert entry["response"]["text"] == result.text
 
 
-def test_rerun_is_served_from_the_cache_without_loading_the_model(first_run: tuple[LLMSettings, LLMResult]):
+def test_rerun_is_served_from_the_cache_without_loading_the_model(
+    first_run: tuple[LLMSettings, LLMResult],
+) -> None:
     settings, result = first_run
     client = LLMClient(settings)
 
@@ -83,7 +84,7 @@ def test_rerun_is_served_from_the_cache_without_loading_the_model(first_run: tup
 
 def test_greedy_decoding_reproduces_the_same_text(
     first_run: tuple[LLMSettings, LLMResult], backend: LlamaCppBackend, tmp_path: Path
-):
+) -> None:
     _, result = first_run
     client = LLMClient(llama_settings(tmp_path / "fresh"), backend=backend)
 
@@ -93,7 +94,9 @@ def test_greedy_decoding_reproduces_the_same_text(
     assert again.text == result.text
 
 
-def test_rejected_replies_are_reasked_through_the_chat_template(backend: LlamaCppBackend, tmp_path: Path):
+def test_rejected_replies_are_reasked_through_the_chat_template(
+    backend: LlamaCppBackend, tmp_path: Path
+) -> None:
     settings = llama_settings(tmp_path / "reask", max_reasks=1)
     client = LLMClient(settings, backend=backend)
     seen: list[Any] = []

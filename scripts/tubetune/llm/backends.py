@@ -8,6 +8,7 @@ SDK client nor loads a model.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class AnthropicBackend:
                     max_retries=self.settings.max_retries,
                     timeout=self.settings.timeout_s,
                 )
+                _warn_if_deprecated(self.settings.model)
                 logger.info(
                     "anthropic client ready (base_url %s, max_retries %d, timeout %.0f s)",
                     self._client.base_url,
@@ -101,9 +103,7 @@ class AnthropicBackend:
             else AssistantMessageParam(role="assistant", content=m.content)
             for m in request.messages
         ]
-        output_config: OutputConfigParam = {
-            "format": {"type": "json_schema", "schema": request.output_schema}
-        }
+        output_config: OutputConfigParam = {"format": {"type": "json_schema", "schema": wire_schema(request)}}
         try:
             if request.system:
                 message = client.messages.create(
@@ -145,6 +145,32 @@ class AnthropicBackend:
         detail = exc.api_message or exc.message
         hint = f" (check {ANTHROPIC_KEY_ENV})" if exc.status_code in (401, 403) else ""
         return f"anthropic: HTTP {exc.status_code}{kind}{after}: {_one_line(detail)}{hint}"
+
+
+def wire_schema(request: LLMRequest) -> dict[str, Any]:
+    """The request's schema in the subset the API enforces (the SDK's own ``transform_schema``).
+
+    Constraints the API cannot enforce (minLength, maximum, minItems > 1, ...) move into the
+    description, so the model still sees them; the client checks the full schema on every reply.
+    """
+    import anthropic
+
+    try:
+        return anthropic.transform_schema(copy.deepcopy(request.output_schema))
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.warning("sending the output schema untransformed (%s)", _one_line(str(exc)))
+        return request.output_schema
+
+
+def _warn_if_deprecated(model: str) -> None:
+    """Say so (once per client) when the SDK lists ``model`` as deprecated."""
+    try:
+        from anthropic.resources.messages.messages import DEPRECATED_MODELS
+    except ImportError:  # pragma: no cover - the table moved in another SDK version
+        return
+    end_of_life = DEPRECATED_MODELS.get(model)
+    if end_of_life:
+        logger.warning("llm.model %s is deprecated by Anthropic (end of life %s)", model, end_of_life)
 
 
 def _anthropic_usage(usage: Any) -> dict[str, int]:

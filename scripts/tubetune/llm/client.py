@@ -132,10 +132,14 @@ def schema_error(validator: Validator, data: Any) -> str | None:
 class LLMClient:
     """Cached, checked JSON completions. One per step; thread-safe."""
 
-    def __init__(self, settings: LLMSettings, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self, settings: LLMSettings, cache: ResponseCache | None = None, backend: Backend | None = None
+    ) -> None:
+        """``cache`` defaults to the settings' directories; ``backend`` (e.g. a loaded model shared
+        between two clients) defaults to one built from the settings on the first cache miss."""
         self.settings = settings
         self.cache = cache or ResponseCache(settings.cache_dir, settings.seed_cache_dirs)
-        self._backend: Backend | None = None
+        self._backend: Backend | None = backend
         self._lock = threading.Lock()
         self._validators: dict[str, Validator] = {}
         self.counters: Counter[str] = Counter()

@@ -22,7 +22,7 @@ class LLMSettings:
     """Everything the LLM layer needs; defaults mirror ``config.schema.yaml`` (section ``llm``)."""
 
     backend: Backend = "anthropic"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     gguf: str | None = None
     n_ctx: int = 8192
     base_url: str | None = None
