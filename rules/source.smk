@@ -22,6 +22,15 @@ def listing_input(wildcards):
     return [listing] if listing else []
 
 
+def local_transcript_files(wildcards):
+    """local source: every transcript file, so adding or changing one reruns the listing."""
+    folder = Path(config["source"]["transcripts_dir"] or "")
+    if config["source"]["type"] != "local" or not folder.is_dir():
+        return []
+    suffixes = (".json", ".srt", ".vtt", ".txt")
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+
+
 def local_transcript(wildcards):
     """local source: the transcript file of one video (json, srt, vtt or txt)."""
     if config["source"]["type"] != "local":
@@ -47,6 +56,7 @@ def video_meta(wildcards):
 checkpoint list_videos:
     input:
         listing_input,
+        local_transcript_files,
     output:
         selected=f"{R}/videos/selected.json",
         filtered=f"{R}/videos/filtered.tsv",

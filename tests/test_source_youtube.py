@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,13 @@ import pytest
 import requests
 import yt_dlp
 from requests.adapters import HTTPAdapter
-from urllib3 import HTTPResponse
-from yt_dlp.networking.exceptions import HTTPError as YtDlpHTTPError
-from yt_dlp.utils import ExtractorError
-
 from tubetune.errors import ConfigError, InputFileError, TubetuneError
 from tubetune.logs import run_step
 from tubetune.sources import fetch_transcript_step, list_videos_step
 from tubetune.sources.listing import channel_url, select_videos
 from tubetune.sources.models import SourceSettings, Video, watch_url
 from tubetune.sources.youtube import (
-    TransientFetchError,
+    FetchFailedError,
     YouTubeBlockedError,
     YouTubeSession,
     captions_from_info,
@@ -42,6 +38,9 @@ from tubetune.sources.youtube import (
     parse_json3,
     pick_caption_track,
 )
+from urllib3 import HTTPResponse
+from yt_dlp.networking.exceptions import HTTPError as YtDlpHTTPError
+from yt_dlp.utils import ExtractorError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "youtube"
 LISTING = FIXTURES / "channel_flat.json"
@@ -231,7 +230,7 @@ def test_manual_english_transcript_with_timeout_on_every_request() -> None:
 
 
 def test_auto_generated_transcript_when_no_manual_one() -> None:
-    record, adapter, _ = fetch(settings(), {
+    record, _, _ = fetch(settings(), {
         "watch": [Reply("watch.html")], "player": [Reply("player_auto_only.json")],
         "timedtext:en:asr": [Reply("timedtext_en_auto.xml")]})
     assert (record.status, record.kind, record.language) == ("ok", "auto", "en")
@@ -272,7 +271,7 @@ def test_session_sends_cookies_and_uses_proxy(tmp_path: Path) -> None:
 def test_unreadable_cookies_file_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "cookies.txt"
     bad.write_text("this is not a cookies file\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="source.cookies_file"):
+    with pytest.raises(ConfigError, match=r"source\.cookies_file"):
         make_session(settings(cookies_file=str(bad)))
 
 
@@ -346,10 +345,11 @@ def test_429_then_success() -> None:
         # empty innertube body: not JSON
         {"watch": [Reply("watch.html")] * 2, "player": [Reply(body=b""), Reply("player_ok.json")],
          "timedtext:en": [Reply("timedtext_en.xml")]},
-        {"watch": [Reply("watch.html")] * 2, "player": [Reply(body=b"{}", status=503), Reply("player_ok.json")],
+        {"watch": [Reply("watch.html")] * 2,
+         "player": [Reply(body=b"{}", status=503), Reply("player_ok.json")],
          "timedtext:en": [Reply("timedtext_en.xml")]},
-        {"watch": [Reply(error=requests.ReadTimeout), Reply("watch.html")], "player": [Reply("player_ok.json")],
-         "timedtext:en": [Reply("timedtext_en.xml")]},
+        {"watch": [Reply(error=requests.ReadTimeout), Reply("watch.html")],
+         "player": [Reply("player_ok.json")], "timedtext:en": [Reply("timedtext_en.xml")]},
         {"watch": [Reply(error=requests.ConnectionError), Reply("watch.html")],
          "player": [Reply("player_ok.json")], "timedtext:en": [Reply("timedtext_en.xml")]},
     ],
@@ -369,13 +369,13 @@ def test_transient_failure_outliving_retries_fails_the_job(tmp_path: Path) -> No
         "timedtext:en": [Reply(body=b"")] * tries})
     sleeps: list[float] = []
     out = tmp_path / f"{VIDEO_ID}.json"
-    with pytest.raises(TransientFetchError) as failure:
+    with pytest.raises(FetchFailedError) as failure:
         fetch_transcript_step(VIDEO.model_dump(), config.model_dump(), None, out, session=session,
                               sleep=sleeps.append, ytdlp_extract=ytdlp_without_captions)
-    message = str(failure.value)
-    assert "\n" not in message
-    assert f"youtube-transcript-api {VIDEO_ID} failed after 3 tries" in message
-    assert "empty or broken caption body" in message
+    assert str(failure.value) == (
+        f"could not fetch the transcript of {VIDEO_ID} now: youtube-transcript-api failed after 3 tries "
+        "(empty or broken caption body (XML parse error)); yt-dlp: no captions in en; "
+        "rerun later to try again")
     assert sleeps == [BACKOFF, 2 * BACKOFF]
     assert adapter.count("timedtext:en") == tries
     assert not out.exists()  # no record: a rerun tries again
@@ -448,7 +448,9 @@ class CaptionServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def info(self) -> dict[str, Any]:
@@ -538,12 +540,12 @@ def test_ytdlp_errors_are_classified() -> None:
         status = 429
         reason = "Too Many Requests"
 
-    assert classify_ytdlp_error(YtDlpHTTPError(FakeResponse()))[0] == "blocked"  # type: ignore[arg-type]
+    assert classify_ytdlp_error(YtDlpHTTPError(FakeResponse()))[0] == "blocked"
     FakeResponse.status = 502
-    assert classify_ytdlp_error(YtDlpHTTPError(FakeResponse()))[0] == "transient"  # type: ignore[arg-type]
-    gone = ExtractorError("Private video. Sign in if you've been granted access", expected=True)
-    assert classify_ytdlp_error(gone) == ("permanent", "yt-dlp: Private video. Sign in if you've been granted access")
-    bot = ExtractorError("Sign in to confirm you’re not a bot. Use --cookies", expected=True)
+    assert classify_ytdlp_error(YtDlpHTTPError(FakeResponse()))[0] == "transient"
+    private = "Private video. Sign in if you've been granted access"
+    assert classify_ytdlp_error(ExtractorError(private, expected=True)) == ("permanent", f"yt-dlp: {private}")
+    bot = ExtractorError("Sign in to confirm you\u2019re not a bot. Use --cookies", expected=True)
     assert classify_ytdlp_error(bot)[0] == "blocked"
 
 
@@ -657,5 +659,16 @@ def test_bad_settings_are_config_errors() -> None:
         SourceSettings.from_mapping({"max_videos": 0})
     with pytest.raises(ConfigError, match=r"source\.title_exclude is not a valid regular expression"):
         reasons(title_exclude="(unclosed")
-    with pytest.raises(ConfigError, match="source.channel must be set"):
+    with pytest.raises(ConfigError, match=r"source\.channel must be set"):
         select_videos(SourceSettings.from_mapping({"type": "youtube"}))
+
+
+def test_both_fetchers_failing_transiently_is_one_line(caption_server: CaptionServer) -> None:
+    caption_server.replies[("en-GB", "json3")] = [(503, b"")]
+    with pytest.raises(FetchFailedError) as failure:
+        fetch(settings(max_retries=1), {"watch": [Reply(error=requests.ConnectionError)] * 2},
+              ytdlp=lambda ydl, url: caption_server.info())
+    assert str(failure.value) == (
+        f"could not fetch the transcript of {VIDEO_ID} now: youtube-transcript-api failed after 2 tries "
+        "(connection error); yt-dlp captions failed after 2 tries (HTTP 503 from YouTube); "
+        "rerun later to try again")

@@ -33,12 +33,14 @@ def fetch_transcript_step(
     source: Mapping[str, Any],
     transcript_file: str | Path | None,
     output_path: str | Path,
+    **youtube_options: Any,
 ) -> TranscriptRecord:
     """Rule ``fetch_transcript``: one ``results/transcripts/{video}.json``.
 
     ``video`` is the video's entry in ``selected.json``; ``transcript_file`` is the local source's
     file for it (None for the youtube source). A video without a usable transcript still gets a
-    file, with status "skipped" and the reason, so a rerun does not ask again.
+    file, with status "skipped" and the reason, so a rerun does not ask again. ``youtube_options``
+    go to :func:`tubetune.sources.youtube.fetch_youtube_transcript` (tests pass a recorded session).
     """
     settings = SourceSettings.from_mapping(source)
     entry = Video.model_validate(dict(video))
@@ -49,6 +51,6 @@ def fetch_transcript_step(
     else:
         from tubetune.sources.youtube import fetch_youtube_transcript
 
-        record = fetch_youtube_transcript(entry, settings)
+        record = fetch_youtube_transcript(entry, settings, **youtube_options)
     write_json(output_path, record.model_dump(mode="json"))
     return record

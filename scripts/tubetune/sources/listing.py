@@ -62,11 +62,13 @@ class YtDlpLogger:
     def info(self, message: str) -> None:
         self._log.debug("yt-dlp: %s", message)
 
+    # yt-dlp's warnings ("Retrying (1/4)...") and errors go to the log file only: every failure that
+    # matters reaches the user as tubetune's own one-line message.
     def warning(self, message: str) -> None:
-        self._log.warning("yt-dlp: %s", message)
+        self._log.info("yt-dlp: %s", message)
 
     def error(self, message: str) -> None:
-        self._log.error("yt-dlp: %s", message)
+        self._log.info("yt-dlp: %s", message)
 
 
 def ydl_params(settings: SourceSettings, **extra: Any) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def fetch_listing(settings: SourceSettings) -> dict[str, Any]:
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.extract_info(url, download=False)
     except DownloadError as exc:
-        message = _one_line(str(exc)).removeprefix("ERROR: ")
+        message = ytdlp_message(exc)
         hint = ""
         if "not a bot" in message or "429" in message:
             hint = " (YouTube is blocking this machine: set source.cookies_file or source.proxy and wait)"
@@ -216,8 +218,10 @@ def candidates_from_info(info: Mapping[str, Any]) -> tuple[list[Candidate], list
         url = str(entry.get("url") or "")
         ie_key = entry.get("ie_key")
         if ie_key not in (None, "Youtube") or not is_video_id(video_id):
-            is_youtube = ie_key in (None, "Youtube")
-            reason = "invalid video id" if is_youtube else f"not a video ({ie_key} link {url})"
+            if ie_key in (None, "Youtube"):
+                reason = "invalid video id"
+            else:
+                reason = f"not a video ({ie_key} link {url}: list a /videos tab)"
             dropped.append(FilteredVideo(video_id=video_id, title=title, reason=reason))
             continue
         if video_id in seen:
@@ -366,6 +370,11 @@ def list_videos(settings: SourceSettings, selected_path: str | Path, filtered_pa
             "relax source.min_duration_s / title_include / title_exclude or check the source"
         )
     return listing
+
+
+def ytdlp_message(exc: BaseException) -> str:
+    """A yt-dlp error as one short line (no "ERROR:" prefix, no repeated "(caused by ...)" tail)."""
+    return _one_line(str(exc)).removeprefix("ERROR: ").split(" (caused by ")[0]
 
 
 def _one_line(text: str) -> str:

@@ -34,6 +34,8 @@ MAX_TXT_SNIPPET_WORDS = 20
 _SNIPPETS = TypeAdapter(list[Snippet])
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _SPACES = re.compile(r"\s+")
+_SRT_TIME = r"\d+:\d{1,2}:\d{1,2}[,.]\d+"
+_SRT_TIMING = re.compile(rf"\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(\s|$)")
 
 
 class TranscriptFileError(Exception):
@@ -151,6 +153,10 @@ def parse_json_transcript(text: str, name: str) -> list[Snippet]:
 
 
 def parse_srt(text: str, name: str) -> list[Snippet]:
+    # webvtt-py drops an SRT cue with broken timings without a word: check every timing line first.
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "-->" in line and not _SRT_TIMING.match(line):
+            raise TranscriptFileError(f"{name}: line {number}: malformed SRT cue timing {line.strip()!r}")
     try:
         captions = webvtt.from_buffer(io.StringIO(text.lstrip()), format="srt").captions
     except MalformedFileError:
@@ -164,9 +170,11 @@ def parse_srt(text: str, name: str) -> list[Snippet]:
 
 def parse_vtt(text: str, name: str) -> list[Snippet]:
     try:
-        captions = webvtt.from_string(text.lstrip()).captions
+        captions = webvtt.from_string(text.lstrip(), strict=True).captions
     except MalformedFileError as exc:
-        raise TranscriptFileError(f"{name}: malformed WebVTT ({exc})") from None
+        raise TranscriptFileError(
+            f"{name}: malformed WebVTT, the first line must be 'WEBVTT' ({exc})"
+        ) from None
     except MalformedCaptionError as exc:
         raise TranscriptFileError(f"{name}: malformed WebVTT cue: {exc}") from None
     return captions_to_snippets(captions)

@@ -53,7 +53,7 @@ from yt_dlp.networking.exceptions import TransportError as YtDlpTransportError
 from yt_dlp.utils import DownloadError, ExtractorError
 
 from tubetune.errors import ConfigError, TubetuneError
-from tubetune.sources.listing import ydl_params
+from tubetune.sources.listing import ydl_params, ytdlp_message
 from tubetune.sources.local import TranscriptFileError, parse_vtt
 from tubetune.sources.models import Snippet, SourceSettings, TranscriptKind, TranscriptRecord, Video
 
@@ -74,6 +74,16 @@ class YouTubeBlockedError(TubetuneError):
 
 class TransientFetchError(TubetuneError):
     """A transient failure outlived the retries: the job fails, a rerun tries again."""
+
+    def __init__(self, what: str, tries: int, reason: str) -> None:
+        super().__init__(f"{what} failed after {tries} tries ({reason})")
+        self.what = what
+        self.tries = tries
+        self.reason = reason
+
+
+class FetchFailedError(TubetuneError):
+    """Both youtube-transcript-api and yt-dlp failed transiently: the job fails with one line."""
 
 
 class PermanentFailure(Exception):
@@ -113,7 +123,7 @@ class YouTubeSession(requests.Session):
         self._last_request: float | None = None
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Response:
-        if kwargs.get("timeout") is None:
+        if kwargs.get("timeout") is None and len(args) < 7:  # timeout is request()'s 9th parameter
             kwargs["timeout"] = self.timeout_s
         self._pace()
         try:
@@ -209,7 +219,7 @@ def classify_ytdlp_error(exc: BaseException) -> tuple[FailureKind, str]:
     original: BaseException = exc
     if isinstance(exc, DownloadError) and exc.exc_info and exc.exc_info[1] is not None:
         original = exc.exc_info[1]
-    message = _one_line(str(getattr(original, "orig_msg", None) or original)).removeprefix("ERROR: ")
+    message = ytdlp_message(getattr(original, "orig_msg", None) or original)
     network = original if isinstance(original, YtDlpRequestError) else getattr(original, "cause", None)
     if isinstance(network, YtDlpHTTPError):
         if network.status == 429:
@@ -218,14 +228,14 @@ def classify_ytdlp_error(exc: BaseException) -> tuple[FailureKind, str]:
             return "transient", f"HTTP {network.status} from YouTube"
         return "permanent", f"yt-dlp: HTTP {network.status} from YouTube"
     if isinstance(network, YtDlpTransportError):
-        return "transient", f"yt-dlp: network error ({_one_line(str(network))})"
+        return "transient", f"network error ({ytdlp_message(network)})"
     if "not a bot" in message:
         return "blocked", "YouTube asks to sign in to confirm this is not a bot"
     if isinstance(original, ExtractorError) and original.expected:
         return "permanent", f"yt-dlp: {message}"
     if isinstance(original, (ValueError, KeyError)):
-        return "transient", f"yt-dlp: unreadable captions ({_one_line(str(original))})"
-    return "transient", f"yt-dlp: {message}"
+        return "transient", f"unreadable captions ({_one_line(str(original))})"
+    return "transient", message
 
 
 def blocked_message(video_id: str, blocks: int) -> str:
@@ -278,10 +288,7 @@ class RetryPolicy:
                 else:
                     self.blocks_in_a_row = 0
                     if retries >= self.settings.max_retries:
-                        raise TransientFetchError(
-                            f"{what} {self.video_id} failed after {retries + 1} tries: {reason}; "
-                            "rerun later to try again"
-                        ) from None
+                        raise TransientFetchError(what, retries + 1, reason) from None
                     retries += 1
                 delay = self.settings.backoff_s * 2**waits
                 waits += 1
@@ -428,13 +435,13 @@ def fetch_youtube_transcript(
 ) -> TranscriptRecord:
     """The transcript record of one video: youtube-transcript-api first, yt-dlp captions second.
 
-    Raises :class:`YouTubeBlockedError` after repeated IP blocks and :class:`TransientFetchError`
-    when a transient failure outlives the retries of both.
+    Raises :class:`YouTubeBlockedError` after repeated IP blocks and :class:`FetchFailedError`
+    when transient failures outlive the retries (of youtube-transcript-api, then of yt-dlp).
     """
     http = session if session is not None else make_session(settings, sleep=sleep)
     api = YouTubeTranscriptApi(http_client=http)
     policy = RetryPolicy(settings, video.id, sleep)
-    first_reason: str
+    transient: TransientFetchError | None = None
     try:
         fetched = policy.run(
             "youtube-transcript-api",
@@ -445,7 +452,6 @@ def fetch_youtube_transcript(
         if not failure.fallback:
             return _skipped(video, failure.reason, "auto")
         first_reason = failure.reason
-        transient: TransientFetchError | None = None
     except TransientFetchError as exc:
         first_reason = str(exc)
         transient = exc
@@ -460,10 +466,16 @@ def fetch_youtube_transcript(
             classify_ytdlp_error,
         )
     except PermanentFailure as failure:
-        if transient is not None:
-            raise transient from None
-        return _skipped(video, f"{first_reason}; {failure.reason}", "ytdlp")
+        if transient is None:
+            return _skipped(video, f"{first_reason}; {failure.reason}", "ytdlp")
+        raise FetchFailedError(_fetch_failed(video, f"{transient}; {failure.reason}")) from None
+    except TransientFetchError as exc:
+        raise FetchFailedError(_fetch_failed(video, f"{first_reason}; {exc}")) from None
     return _ok(video, fetched)
+
+
+def _fetch_failed(video: Video, details: str) -> str:
+    return f"could not fetch the transcript of {video.id} now: {details}; rerun later to try again"
 
 
 def _ok(video: Video, fetched: Fetched) -> TranscriptRecord:

@@ -1,0 +1,34 @@
+"""The one pinned install: requirements.txt, its conda mirror and the platform markers agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def test_conda_env_mirrors_requirements() -> None:
+    env = yaml.safe_load((REPO / "envs" / "tubetune.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    assert pip == _requirements(REPO / "requirements.txt")
+
+
+def test_every_requirement_is_pinned_and_mlx_has_platform_markers() -> None:
+    for line in _requirements(REPO / "requirements.txt") + _requirements(REPO / "requirements-dev.txt"):
+        assert "==" in line, line
+    reqs = _requirements(REPO / "requirements.txt")
+    assert 'mlx==0.32.4; sys_platform == "darwin"' in reqs
+    assert 'mlx[cpu]==0.32.4; sys_platform == "linux"' in reqs
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "make test" in readme and "make run" in readme
+    assert "make test" in (REPO / ".ci" / "run").read_text()
