@@ -3,4 +3,6 @@
 from tubetune.logs import run_step
 from tubetune.steps import chunk_step
 
-run_step(snakemake.log[0], lambda: chunk_step(snakemake.input[0], snakemake.output[0], snakemake.params.chunk))
+run_step(
+    snakemake.log[0], lambda: chunk_step(snakemake.input[0], snakemake.output[0], snakemake.params.chunk)
+)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_chunks_respect_size_and_cover_every_word() -> None:
     words = " ".join(s.text for s in speech_snippets(raw)).split()
     assert " ".join(c.text for c in chunks).split() == words
     assert [c.chunk_id for c in chunks][:2] == ["Jk5Lz0Xc2Vb-c000", "Jk5Lz0Xc2Vb-c001"]
-    assert all(a.end > b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(a.end > b.start for a, b in itertools.pairwise(chunks))
     assert "[Music]" not in " ".join(c.text for c in chunks)
 
 

@@ -38,8 +38,17 @@ def test_split_with_too_few_videos_says_what_to_do() -> None:
 
 
 def _qa(qa_id: str, video: str, question: str, answer: str = ANSWER) -> dict[str, Any]:
-    return {"qa_id": qa_id, "question": question, "answer": answer, "video_id": video, "title": f"T {video}",
-            "chunk_id": f"{video}-c000", "start": 12.0, "end": 80.0, "url": f"https://youtu.be/{video}?t=12"}
+    return {
+        "qa_id": qa_id,
+        "question": question,
+        "answer": answer,
+        "video_id": video,
+        "title": f"T {video}",
+        "chunk_id": f"{video}-c000",
+        "start": 12.0,
+        "end": 80.0,
+        "url": f"https://youtu.be/{video}?t=12",
+    }
 
 
 def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
@@ -50,7 +59,10 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
         ("When do I add the salt to the dough?", "How do I know the levain has peaked?"),
         ("Why dust a banneton with rice flour?", "Should the seam face up in the basket?"),
         ("At what angle do I hold the lame?", "How deep should a single score go?"),
-        ("How cold should the fridge be for a retard?", "What does a slow spring-back mean when poking dough?"),
+        (
+            "How cold should the fridge be for a retard?",
+            "What does a slow spring-back mean when poking dough?",
+        ),
     ]
     for n, video in enumerate(videos):
         rows = [_qa(f"{video}-q0", video, pairs[n][0]), _qa(f"{video}-q1", video, pairs[n][1])]
@@ -59,8 +71,14 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
             rows.append(_qa(f"{video}-q3", video, "To what temperature should I preheat the dutch oven?"))
         if n == 1:
             rows.append(_qa(f"{video}-q2", video, "What temperature should I preheat the dutch oven to?"))
-            rows.append(_qa(f"{video}-q3", video, "What does the video say about steam?",
-                            "In this video I explain that steam keeps the crust soft for the first twenty minutes."))
+            rows.append(
+                _qa(
+                    f"{video}-q3",
+                    video,
+                    "What does the video say about steam?",
+                    "In this video I explain that steam keeps the crust soft for the first twenty minutes.",
+                )
+            )
         path = tmp_path / f"{video}.qa.jsonl"
         write_jsonl(path, rows)
         qa_paths.append(path)
@@ -69,13 +87,18 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
     dropped = tmp_path / "d.jsonl"
     write_jsonl(dropped, [{"stage": "answer", "reason": "not answered by its chunk: no freezing advice"}])
     transcript = tmp_path / "t.json"
-    write_json(transcript, {"video_id": "zzzzzzzzzzz", "title": "Gone", "status": "skipped", "reason": "transcripts disabled"})
+    write_json(
+        transcript,
+        {"video_id": "zzzzzzzzzzz", "title": "Gone", "status": "skipped", "reason": "transcripts disabled"},
+    )
     selected = tmp_path / "selected.json"
     write_json(selected, {"channel": {"name": "Crumb Lab"}, "videos": []})
     filtered = tmp_path / "filtered.tsv"
     filtered.write_text("video_id\ttitle\treason\nsssssssssss\tA short\tshort (41 s < 120 s)\n")
 
-    stats = build_dataset(qa_paths, [transcript], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG)
+    stats = build_dataset(
+        qa_paths, [transcript], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG
+    )
 
     assert stats["examples"]["total"] == 11
     assert stats["dropped"] == {

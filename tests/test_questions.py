@@ -21,20 +21,39 @@ def test_question_count_scales_with_chunk_length() -> None:
 def test_validation_quarantines_with_reasons(tmp_path: Path) -> None:
     chunk = Chunk("abcdefghijk-c000", "abcdefghijk", "Title", 0, 1.0, 60.0, 100, "text")
     write_jsonl(tmp_path / "chunks.jsonl", [chunk.to_dict()])
-    write_jsonl(tmp_path / "raw.jsonl", [
-        {"chunk_id": chunk.chunk_id, "video_id": "abcdefghijk", "status": "ok", "prompt_hash": "p1", "questions": [
-            "How long should the autolyse last?",
-            "how long should the  autolyse last?",
-            "Tell me about hydration.",
-            "What does the host say in the video about salt?",
-            "Why?",
-            42,
-        ]},
-        {"chunk_id": "abcdefghijk-c000", "video_id": "abcdefghijk", "status": "quarantined",
-         "reason": "invalid output after 2 re-asks", "questions": []},
-    ])
-    kept, quarantined = validate_questions(tmp_path / "raw.jsonl", tmp_path / "chunks.jsonl", tmp_path / "q.jsonl",
-                                           tmp_path / "quarantine.jsonl", SETTINGS)
+    write_jsonl(
+        tmp_path / "raw.jsonl",
+        [
+            {
+                "chunk_id": chunk.chunk_id,
+                "video_id": "abcdefghijk",
+                "status": "ok",
+                "prompt_hash": "p1",
+                "questions": [
+                    "How long should the autolyse last?",
+                    "how long should the  autolyse last?",
+                    "Tell me about hydration.",
+                    "What does the host say in the video about salt?",
+                    "Why?",
+                    42,
+                ],
+            },
+            {
+                "chunk_id": "abcdefghijk-c000",
+                "video_id": "abcdefghijk",
+                "status": "quarantined",
+                "reason": "invalid output after 2 re-asks",
+                "questions": [],
+            },
+        ],
+    )
+    kept, quarantined = validate_questions(
+        tmp_path / "raw.jsonl",
+        tmp_path / "chunks.jsonl",
+        tmp_path / "q.jsonl",
+        tmp_path / "quarantine.jsonl",
+        SETTINGS,
+    )
     assert [q.question for q in kept] == ["How long should the autolyse last?"]
     assert kept[0].question_id == "abcdefghijk-c000-q00" and kept[0].prompt_hash == "p1"
     assert [r["reason"] for r in quarantined] == [

@@ -58,9 +58,11 @@ def ensure_fast_blas() -> str:
             pass
         return description
     if errors:
-        advice = "install libgfortran5 (apt-get install libgfortran5)" if any(
-            "libgfortran" in e for e in errors
-        ) else errors[0]
+        advice = (
+            "install libgfortran5 (apt-get install libgfortran5)"
+            if any("libgfortran" in e for e in errors)
+            else errors[0]
+        )
         logger.warning("cannot load OpenBLAS (%s): MLX uses the slow reference BLAS; %s", errors[0], advice)
     else:
         logger.warning("cmeel-openblas not found: MLX uses the slow reference BLAS (pip install it)")

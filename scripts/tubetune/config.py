@@ -24,8 +24,10 @@ def _extend_with_default(validator_class: Any) -> Any:
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     default = subschema["default"]
-                    instance[name] = dict(default) if isinstance(default, dict) else (
-                        list(default) if isinstance(default, list) else default
+                    instance[name] = (
+                        dict(default)
+                        if isinstance(default, dict)
+                        else (list(default) if isinstance(default, list) else default)
                     )
         yield from validate_properties(validator, properties, instance, schema)
 

@@ -21,7 +21,9 @@ from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-_META = re.compile(r"\b(in|from) (this|the) (video|transcript|excerpt|clip)\b|\bthe (transcript|excerpt)\b", re.I)
+_META = re.compile(
+    r"\b(in|from) (this|the) (video|transcript|excerpt|clip)\b|\bthe (transcript|excerpt)\b", re.I
+)
 _ARTIFACT = re.compile(r"\[(music|applause|laughter)\]", re.I)
 
 
@@ -40,7 +42,10 @@ class DatasetSettings:
     def from_config(cls, config: Mapping[str, Any]) -> DatasetSettings:
         split = {name: float(config["split"][name]) for name in SPLITS}
         if abs(sum(split.values()) - 1.0) > 1e-6:
-            raise ConfigError(f"config error: dataset.split fractions must add up to 1 (they add up to {sum(split.values()):g})")
+            raise ConfigError(
+                "config error: dataset.split fractions must add up to 1 "
+                f"(they add up to {sum(split.values()):g})"
+            )
         return cls(
             system_prompt=str(config["system_prompt"]),
             near_duplicate_threshold=float(config["near_duplicate_threshold"]),
@@ -85,8 +90,8 @@ def split_videos(video_ids: Sequence[str], fractions: Mapping[str, float], seed:
     counts["train"] = len(videos) - counts["valid"] - counts["test"]
     if "train" in wanted and counts["train"] < 1:
         raise ConfigError(
-            f"dataset: {len(videos)} videos leave none for training after valid and test: add videos or lower "
-            "dataset.split.valid / dataset.split.test"
+            f"dataset: {len(videos)} videos leave none for training after valid and test: "
+            "add videos or lower dataset.split.valid / dataset.split.test"
         )
     assignment: dict[str, str] = {}
     position = 0
@@ -106,8 +111,17 @@ def chat_example(row: Mapping[str, Any], system_prompt: str) -> dict[str, Any]:
         ],
         "meta": {
             key: row[key]
-            for key in ("qa_id", "video_id", "title", "chunk_id", "start", "end", "url",
-                        "question_prompt_hash", "answer_prompt_hash")
+            for key in (
+                "qa_id",
+                "video_id",
+                "title",
+                "chunk_id",
+                "start",
+                "end",
+                "url",
+                "question_prompt_hash",
+                "answer_prompt_hash",
+            )
             if key in row
         },
     }
@@ -162,7 +176,11 @@ def build_dataset(
     kept: list[dict[str, Any]] = []
     for row in rows:
         problem = quality_problem(row, settings)
-        if problem is None and estimate_tokens(f"{system_prompt} {row['question']} {row['answer']}") > settings.max_example_tokens:
+        if (
+            problem is None
+            and estimate_tokens(f"{system_prompt} {row['question']} {row['answer']}")
+            > settings.max_example_tokens
+        ):
             problem = "example too long"
         if problem is not None:
             drops[f"filter: {problem}"] += 1
@@ -174,8 +192,14 @@ def build_dataset(
     for dup in duplicates:
         kind = "exact duplicate question" if dup.kind == "exact" else "near-duplicate question"
         drops[f"dedup: {kind}"] += 1
-        dropped_rows.append({**kept[dup.index], "reason": kind, "duplicate_of": kept[dup.kept]["qa_id"],
-                             "similarity": dup.similarity})
+        dropped_rows.append(
+            {
+                **kept[dup.index],
+                "reason": kind,
+                "duplicate_of": kept[dup.kept]["qa_id"],
+                "similarity": dup.similarity,
+            }
+        )
     kept = [row for i, row in enumerate(kept) if i not in removed]
 
     assignment = split_videos([row["video_id"] for row in kept], settings.split, settings.seed)
@@ -198,7 +222,9 @@ def build_dataset(
     plot_lengths(kept, out / "lengths.png")
     logger.info(
         "dataset: %s examples (%s), %d dropped",
-        len(kept), ", ".join(f"{n} {len(examples[n])}" for n in SPLITS), sum(drops.values()),
+        len(kept),
+        ", ".join(f"{n} {len(examples[n])}" for n in SPLITS),
+        sum(drops.values()),
     )
     return stats
 
@@ -209,7 +235,9 @@ def _reason_key(reason: Any) -> str:
     return re.split(r"[:(]", text, maxsplit=1)[0].strip() or text
 
 
-def _skipped_videos(transcript_paths: Sequence[str | Path], filtered_path: str | Path) -> list[dict[str, str]]:
+def _skipped_videos(
+    transcript_paths: Sequence[str | Path], filtered_path: str | Path
+) -> list[dict[str, str]]:
     skipped = [
         {"video_id": row["video_id"], "title": row["title"], "stage": "list", "reason": row["reason"]}
         for row in _read_filtered(filtered_path)
@@ -217,10 +245,14 @@ def _skipped_videos(transcript_paths: Sequence[str | Path], filtered_path: str |
     for path in transcript_paths:
         transcript = read_json(path)
         if transcript.get("status") != "ok":
-            skipped.append({
-                "video_id": str(transcript["video_id"]), "title": str(transcript.get("title") or ""),
-                "stage": "transcript", "reason": str(transcript.get("reason")),
-            })
+            skipped.append(
+                {
+                    "video_id": str(transcript["video_id"]),
+                    "title": str(transcript.get("title") or ""),
+                    "stage": "transcript",
+                    "reason": str(transcript.get("reason")),
+                }
+            )
     return skipped
 
 
@@ -250,7 +282,9 @@ def _statistics(
             "example": _describe(example_chars),
         },
         "lengths_tokens_estimated": {
-            "example": _describe([estimate_tokens(f"{system_prompt} {r['question']} {r['answer']}") for r in kept]),
+            "example": _describe(
+                [estimate_tokens(f"{system_prompt} {r['question']} {r['answer']}") for r in kept]
+            ),
         },
         "per_video": dict(sorted(per_video.items())),
         "dropped": dict(sorted(drops.items())),
@@ -281,9 +315,17 @@ def render_stats_markdown(stats: Mapping[str, Any]) -> str:
         lines.append(f"| `{video}` | {d['title']} | {d['split']} | {d['examples']} |")
     lines += ["", f"## Dropped ({stats['dropped_total']})", "", "| reason | count |", "|---|---|"]
     lines += [f"| {reason} | {count} |" for reason, count in stats["dropped"].items()] or ["| none | 0 |"]
-    lines += ["", f"## Skipped videos ({len(stats['skipped_videos'])})", "", "| video | title | stage | reason |",
-              "|---|---|---|---|"]
-    lines += [f"| `{v['video_id']}` | {v['title']} | {v['stage']} | {v['reason']} |" for v in stats["skipped_videos"]]
+    lines += [
+        "",
+        f"## Skipped videos ({len(stats['skipped_videos'])})",
+        "",
+        "| video | title | stage | reason |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{v['video_id']}` | {v['title']} | {v['stage']} | {v['reason']} |"
+        for v in stats["skipped_videos"]
+    ]
     return "\n".join(lines) + "\n"
 
 

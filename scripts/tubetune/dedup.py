@@ -17,9 +17,7 @@ from rapidfuzz import fuzz
 NUM_PERM = 128
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
-    "a an the and or of to in on for with at by from is are was were be been it its this that these those "
-    "do does did i you my your me we our should can could would will how what when why which who much many "
-    "if so as into about there their they them than then just".split()
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "at", "by", "from", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "do", "does", "did", "i", "you", "my", "your", "me", "we", "our", "should", "can", "could", "would", "will", "how", "what", "when", "why", "which", "who", "much", "many", "if", "so", "as", "into", "about", "there", "their", "they", "them", "than", "then", "just"]
 )
 
 

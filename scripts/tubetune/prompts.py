@@ -46,12 +46,16 @@ def load_prompt(path: str | Path, required: tuple[str, ...]) -> PromptTemplate:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(f"{path}: cannot read prompt file ({exc})") from exc
     if SEPARATOR not in text:
-        raise InputFileError(f"{path}: missing the line '{SEPARATOR}' between the system part and the user part")
+        raise InputFileError(
+            f"{path}: missing the line '{SEPARATOR}' between the system part and the user part"
+        )
     system, user = (part.strip() for part in text.split(SEPARATOR, 1))
     if not system or not user:
         raise InputFileError(f"{path}: the system part and the user part must both be non-empty")
     names = {field for _, field, _, _ in string.Formatter().parse(user) if field}
     missing = [name for name in required if name not in names]
     if missing:
-        raise InputFileError(f"{path}: the user part lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
+        raise InputFileError(
+            f"{path}: the user part lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}"
+        )
     return PromptTemplate(path=str(path), system=system, user_template=user)

@@ -17,7 +17,9 @@ def chunk_step(transcript_path: str | Path, out_path: str | Path, chunk_config: 
     """Chunk one transcript file; a skipped video gives an empty chunk file."""
     transcript = read_json(transcript_path)
     if transcript.get("status") != "ok":
-        logger.info("%s skipped earlier (%s): no chunks", transcript.get("video_id"), transcript.get("reason"))
+        logger.info(
+            "%s skipped earlier (%s): no chunks", transcript.get("video_id"), transcript.get("reason")
+        )
         return write_jsonl(out_path, [])
     chunks = chunk_transcript(
         video_id=str(transcript["video_id"]),
