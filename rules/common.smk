@@ -76,4 +76,4 @@ def all_outputs():
         f"{R}/export/gguf/Modelfile",
         f"{R}/eval/metrics.json",
         f"{R}/eval/report.html",
-    ]
+    ] + [f"{R}/export/gguf/tuned-{qtype}.gguf" for qtype in config["export"]["gguf_types"]]

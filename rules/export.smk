@@ -52,8 +52,7 @@ rule export_gguf:
 rule modelfile:
     input:
         gguf=f"{R}/export/gguf/tuned-{config['export']['ollama_quant']}.gguf",
-        train=f"{R}/dataset/train.jsonl",
-        model=f"{R}/fused",
+        stats=f"{R}/dataset/stats.json",
     output:
         f"{R}/export/gguf/Modelfile",
     params:

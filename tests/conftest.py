@@ -205,3 +205,9 @@ def chat_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("chat_dataset")
     write_chat_dataset(folder)
     return folder
+
+
+# LLM layer (helper "llm"): the fake Anthropic Messages API fixture, see tests/fake_anthropic.py.
+from fake_anthropic import fake_anthropic  # noqa: E402
+
+__all__ = ["fake_anthropic"]

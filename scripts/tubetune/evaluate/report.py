@@ -23,6 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PERCENT_METRICS = frozenset({"format_compliance", "cut_at_max_rate", "leak_rate", "refusal_rate"})
 DIGITS = {"test_loss": 4, "test_perplexity": 3, "rouge_l": 4, "chrf": 2,
           "mean_answer_chars": 1, "mean_answer_words": 1}
+MAX_EXPANDED = 12  # a nested object with more entries (e.g. one per video) is shown as a count
 BEST_ITERATION_KEYS = ("best_iteration", "best_iter", "best_step")
 BEST_VAL_LOSS_KEYS = ("best_val_loss", "best_valid_loss", "best_validation_loss")
 
@@ -71,21 +72,23 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):
-        if all(not isinstance(v, (dict, list)) for v in value) and len(value) <= 12:
+        if all(not isinstance(v, (dict, list)) for v in value) and len(value) <= MAX_EXPANDED:
             return ", ".join(format_value(v) for v in value)
         return f"{len(value)} items"
     return str(value)
 
 
-def flatten(data: Any, prefix: str = "", depth: int = 3) -> list[tuple[str, str]]:
-    """``(dotted key, text)`` rows of a JSON object, nested objects expanded ``depth`` levels."""
+def flatten(
+    data: Any, prefix: str = "", depth: int = 3, max_expanded: int = MAX_EXPANDED
+) -> list[tuple[str, str]]:
+    """``(dotted key, text)`` rows of a JSON object; small nested objects expanded ``depth`` levels."""
     if not isinstance(data, Mapping):
         return [(prefix or "value", format_value(data))]
     rows: list[tuple[str, str]] = []
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and depth > 1:
-            rows.extend(flatten(value, name, depth - 1))
+        if isinstance(value, Mapping) and depth > 1 and len(value) <= max_expanded:
+            rows.extend(flatten(value, name, depth - 1, max_expanded))
         elif isinstance(value, Mapping):
             rows.append((name, f"{len(value)} entries"))
         else:
@@ -115,7 +118,7 @@ def training_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         "best_val_loss": "not recorded" if best_val_loss is None else (
             f"{best_val_loss:.4f}" if isinstance(best_val_loss, (int, float)) else str(best_val_loss)
         ),
-        "rows": flatten(summary),
+        "rows": flatten(summary, max_expanded=60),
     }
 
 

@@ -6,9 +6,10 @@ import importlib.metadata
 import importlib.resources
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tubetune.errors import ConfigError
 
@@ -110,3 +111,284 @@ def resolve_base(base: str) -> BaseSource:
         f"model.base: '{text}' is not bundled:<name>, an existing .gguf file or model dir, "
         "or a Hugging Face id like HuggingFaceTB/SmolLM2-135M-Instruct"
     )
+
+
+# ------------------------------------------------------------------------------------ preparing the dir
+# Heavy imports (mlx, llama_cpp, huggingface_hub) happen inside the functions: rules/model.smk imports
+# this module while Snakemake parses the workflow.
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+BUNDLED_HF_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def hub_id_of(base: str) -> str | None:
+    """The Hugging Face id a ``model.base`` value stands for, if known (for model cards)."""
+    text = base.strip()
+    if text.startswith(BUNDLED_PREFIX):
+        return BUNDLED_HF_IDS.get(text[len(BUNDLED_PREFIX):])
+    if HUB_ID.match(text) and not Path(text).exists():
+        return text
+    return None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import os
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def cast_safetensors(model_dir: Path, dtype: str) -> int:
+    """Cast every floating-point tensor of the dir's safetensors to ``dtype`` in place; return the count."""
+    from tubetune.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    import mlx.core as mx
+
+    target = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}[dtype]
+    count = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        arrays = mx.load(str(path))
+        if not isinstance(arrays, dict):
+            raise ConfigError(f"{path}: not a safetensors file")
+        cast = {
+            name: value.astype(target) if mx.issubdtype(value.dtype, mx.floating) else value
+            for name, value in arrays.items()
+        }
+        count += len(cast)
+        path.unlink()  # the file may be a hard link to the source: never write through it
+        mx.save_safetensors(str(path), cast, metadata={"format": "mlx"})
+    return count
+
+
+def _set_config_dtype(model_dir: Path, dtype: str) -> None:
+    from tubetune.jsonio import read_json, write_json
+
+    path = model_dir / "config.json"
+    config = read_json(path)
+    config["torch_dtype"] = dtype
+    path.unlink()
+    write_json(path, config)
+
+
+def download_hub_model(repo_id: str, revision: str | None, out_dir: Path) -> Path:
+    """Download a Hugging Face model (config, safetensors, tokenizer) into ``out_dir``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    logger.info("downloading %s (revision %s) from the Hugging Face hub into %s; files: %s", repo_id,
+                revision or "default", out_dir, ", ".join(HUB_PATTERNS))
+    try:
+        snapshot_download(repo_id, revision=revision, local_dir=out_dir, allow_patterns=HUB_PATTERNS)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model.base: cannot download {repo_id} from Hugging Face ({first_line}); check the id, the "
+            "network, and for gated models (Llama) accept the license and run `hf auth login`"
+        ) from exc
+    if not any(out_dir.glob("*.safetensors")):
+        raise ConfigError(f"model.base: {repo_id} has no safetensors weights (only those are supported)")
+    cache = out_dir / ".cache"
+    if cache.is_dir():
+        import shutil
+
+        shutil.rmtree(cache)
+    return out_dir
+
+
+def prepare_base_model(
+    source: BaseSource,
+    out_dir: str | Path,
+    dtype: str = "auto",
+    keep_quantized: bool = False,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """Write the base model dir (GGUF converted, local dir linked, hub model downloaded); return a summary."""
+    import shutil
+    import time
+
+    start = time.perf_counter()
+    target = Path(out_dir)
+    if target.exists():
+        shutil.rmtree(target)
+    summary: dict[str, Any] = {"source": source.describe(), "dtype": dtype}
+    if source.kind == "gguf":
+        from tubetune.model.gguf_convert import convert_gguf
+
+        resolved = "float32" if dtype == "auto" else dtype
+        result = convert_gguf(source.path, target, dtype=resolved, keep_quantized=keep_quantized)
+        summary.update(dtype=resolved, parameters=result.parameters, tensor_types=result.source_types,
+                       tokenizer_pre=result.tokenizer_pre, quantized=result.quantized)
+    else:
+        if keep_quantized:
+            logger.warning("model.keep_quantized applies to a GGUF base only; ignored for %s", source.label)
+        if source.kind == "dir":
+            logger.info("linking the model dir %s into %s", source.path, target)
+            for path in sorted(source.path.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    _link_or_copy(path, target / path.relative_to(source.path))
+        else:
+            download_hub_model(source.location, revision, target)
+        if dtype != "auto":
+            count = cast_safetensors(target, dtype)
+            _set_config_dtype(target, dtype)
+            logger.info("cast %d tensors to %s", count, dtype)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    logger.info("base model ready in %s (%.1f s)", target, summary["seconds"])
+    return summary
+
+
+# --------------------------------------------------------------------------------------- parity check
+
+
+@dataclass(frozen=True)
+class PromptCheck:
+    prompt: str
+    prompt_tokens: int
+    tokenizer_match: bool
+    converted: list[int]
+    llama_cpp: list[int]
+
+    @property
+    def matching_prefix(self) -> int:
+        count = 0
+        for a, b in zip(self.converted, self.llama_cpp, strict=False):
+            if a != b:
+                break
+            count += 1
+        return count
+
+    @property
+    def match(self) -> bool:
+        return self.converted == self.llama_cpp
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "prompt_tokens": self.prompt_tokens,
+            "tokenizer_match": self.tokenizer_match,
+            "match": self.match,
+            "matching_prefix": self.matching_prefix,
+            "converted_tokens": self.converted,
+            "llama_cpp_tokens": self.llama_cpp,
+        }
+
+
+def greedy_parity(
+    gguf_path: str | Path, model_dir: str | Path, prompts: list[str], n_tokens: int, n_threads: int = 2
+) -> list[PromptCheck]:
+    """Greedy tokens of the converted model (MLX) vs llama.cpp on the original GGUF, per chat prompt.
+
+    Each prompt is a user message with the chat template applied (by the converted tokenizer); the
+    prompt's tokens are also compared with llama.cpp's own tokenization of the same text.
+    """
+    from tubetune.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    import mlx.core as mx
+    from llama_cpp import Llama
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load
+
+    loaded = load(str(model_dir))
+    model = loaded[0]
+    tokenizer: Any = loaded[1]
+    llm = Llama(str(gguf_path), n_ctx=1024, n_threads=n_threads, verbose=False, seed=0)
+    eos = {int(llm.token_eos()), *(int(t) for t in tokenizer.eos_token_ids)}
+    checks: list[PromptCheck] = []
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        reference_ids = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        converted: list[int] = []
+        for (token, _), _index in zip(generate_step(mx.array(ids), model, max_tokens=n_tokens),
+                                      range(n_tokens), strict=False):
+            converted.append(int(token))
+            if int(token) in eos:
+                break
+        reference: list[int] = []
+        for next_id in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                    reset=True):
+            reference.append(int(next_id))
+            if len(reference) >= n_tokens or int(next_id) in eos:
+                break
+        check = PromptCheck(prompt, len(ids), ids == reference_ids, converted, reference)
+        logger.info("check %r: tokenizer %s, first %d greedy tokens %s (matching prefix %d)", prompt,
+                    "matches" if check.tokenizer_match else "DIFFERS", n_tokens,
+                    "match" if check.match else "differ", check.matching_prefix)
+        checks.append(check)
+    llm.close()
+    return checks
+
+
+def judge_parity(checks: list[PromptCheck]) -> tuple[str, list[str]]:
+    """("ok" | "warn" | "fail", reasons).
+
+    fail: a tokenization differs from llama.cpp's (the tokenizer conversion is deterministic, so any
+    difference is a bug that would train on wrong tokens), or the first greedy token differs on every
+    prompt (the weights are garbled). warn: some greedy continuations diverge later - llama.cpp
+    multiplies Q4_1 weights with 8-bit quantized activations, so near-ties can flip; not proof of a bug.
+    """
+    reasons: list[str] = []
+    status = "ok"
+    for check in checks:
+        if not check.tokenizer_match:
+            reasons.append(f"tokenization of {check.prompt!r} differs from llama.cpp")
+            status = "fail"
+    if checks and all(check.matching_prefix == 0 for check in checks):
+        reasons.append("the first greedy token differs from llama.cpp on every prompt")
+        status = "fail"
+    if status != "fail":
+        for check in checks:
+            if not check.match:
+                reasons.append(f"{check.prompt!r}: greedy tokens diverge after {check.matching_prefix}")
+                status = "warn"
+    return status, reasons
+
+
+# ---------------------------------------------------------------------------------------- rule step
+
+
+def base_model_step(settings: Mapping[str, Any], out_dir: str | Path, check_path: str | Path,
+                    threads: int = 2) -> dict[str, Any]:
+    """Rule base_model: prepare results/model/base and write the parity check (base_check.json)."""
+    from tubetune.blas import ensure_fast_blas
+    from tubetune.errors import TubetuneError
+    from tubetune.jsonio import write_json
+
+    logger.info("BLAS: %s", ensure_fast_blas())
+    source = resolve_base(str(settings["base"]))
+    summary = prepare_base_model(
+        source,
+        out_dir,
+        dtype=str(settings.get("dtype", "auto")),
+        keep_quantized=bool(settings.get("keep_quantized", False)),
+        revision=settings.get("revision"),
+    )
+    report: dict[str, Any] = {"base": summary}
+    if source.kind != "gguf":
+        report.update(status="skipped", reasons=["the base is not a GGUF: nothing to compare with llama.cpp"])
+        write_json(check_path, report)
+        return report
+    prompts = [str(p) for p in settings.get("check_prompts") or []]
+    n_tokens = int(settings.get("check_tokens", 12))
+    checks = greedy_parity(source.path, out_dir, prompts, n_tokens, n_threads=threads)
+    status, reasons = judge_parity(checks)
+    report.update(status=status, reasons=reasons, tokens_compared=n_tokens,
+                  prompts=[check.as_dict() for check in checks])
+    write_json(check_path, report)
+    for reason in reasons:
+        (logger.error if status == "fail" else logger.warning)("base check: %s", reason)
+    if status == "fail":
+        raise TubetuneError(
+            f"the converted base model does not match llama.cpp on the original GGUF ({reasons[0]}); "
+            f"see {check_path}"
+        )
+    logger.info("base check %s: %d/%d prompts give the same first %d greedy tokens as llama.cpp", status,
+                sum(c.match for c in checks), len(checks), n_tokens)
+    return report
