@@ -77,3 +77,57 @@ def all_outputs():
         f"{R}/eval/metrics.json",
         f"{R}/eval/report.html",
     ] + [f"{R}/export/gguf/tuned-{qtype}.gguf" for qtype in config["export"]["gguf_types"]]
+
+
+# ---- sources (rules/source.smk) ----
+
+# Each step gets only the settings it uses, so changing a filter does not refetch transcripts.
+LIST_KEYS = (
+    "type", "channel", "listing", "transcripts_dir", "max_videos", "skip_shorts", "skip_live",
+    "min_duration_s", "title_include", "title_exclude", "request_timeout_s", "max_retries",
+    "backoff_s", "cookies_file", "proxy",
+)
+FETCH_KEYS = (
+    "type", "languages", "request_timeout_s", "max_retries", "backoff_s", "request_interval_s",
+    "ip_block_limit", "cookies_file", "proxy",
+)
+
+
+def source_settings(keys):
+    return {key: config["source"][key] for key in keys}
+
+
+def listing_input(wildcards):
+    listing = config["source"]["listing"]
+    return [listing] if listing else []
+
+
+def local_transcript_files(wildcards):
+    """local source: every transcript file, so adding or changing one reruns the listing."""
+    folder = Path(config["source"]["transcripts_dir"] or "")
+    if config["source"]["type"] != "local" or not folder.is_dir():
+        return []
+    suffixes = (".json", ".srt", ".vtt", ".txt")
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+
+
+def local_transcript(wildcards):
+    """local source: the transcript file of one video (json, srt, vtt or txt)."""
+    if config["source"]["type"] != "local":
+        return []
+    folder = Path(config["source"]["transcripts_dir"])
+    for suffix in (".json", ".srt", ".vtt", ".txt"):
+        candidate = folder / f"{wildcards.video}{suffix}"
+        if candidate.exists():
+            return [str(candidate)]  # a list, also when empty: the script reads input.transcript[0]
+    return []
+
+
+def video_meta(wildcards):
+    """Title, duration and URL of one video, as listed by the checkpoint."""
+    import json
+
+    listing = checkpoints.list_videos.get().output.selected
+    with open(listing, encoding="utf-8") as handle:
+        videos = {video["id"]: video for video in json.load(handle)["videos"]}
+    return videos[wildcards.video]
