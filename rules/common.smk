@@ -131,3 +131,24 @@ def video_meta(wildcards):
     with open(listing, encoding="utf-8") as handle:
         videos = {video["id"]: video for video in json.load(handle)["videos"]}
     return videos[wildcards.video]
+
+
+# ---- base model (rules/model.smk) ----
+
+from tubetune.model.base import resolve_base as _resolve_base  # noqa: E402
+
+BASE_SOURCE = _resolve_base(config["model"]["base"])
+
+
+def base_model_input(wildcards):
+    """Local sources are inputs (edits to them rerun the rule); a bundled GGUF or hub id is a param."""
+    return BASE_SOURCE.input_files()
+
+
+# ---- exports (rules/export.smk) ----
+
+EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
+
+
+def export_model_dir(wildcards):
+    return EXPORT_MODEL_DIRS[wildcards.model]

@@ -22,5 +22,7 @@ rule build_dataset:
         dataset=config["dataset"],
     log:
         f"{LOGS}/build_dataset.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/build_dataset.py"

@@ -7,13 +7,6 @@ wildcard_constraints:
     qtype=r"f16|q8_0|q4_0",
 
 
-EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
-
-
-def export_model_dir(wildcards):
-    return EXPORT_MODEL_DIRS[wildcards.model]
-
-
 rule export_hf:
     input:
         model=f"{R}/fused",
@@ -29,6 +22,8 @@ rule export_hf:
         f"{LOGS}/export_hf.log",
     benchmark:
         f"{BENCH}/export_hf.tsv"
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/export_hf.py"
 
@@ -45,6 +40,8 @@ rule export_gguf:
         f"{LOGS}/export_gguf/{{model}}-{{qtype}}.log",
     benchmark:
         f"{BENCH}/export_gguf/{{model}}-{{qtype}}.tsv"
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/export_gguf.py"
 
@@ -60,5 +57,7 @@ rule modelfile:
         parameters=dict(config["export"]["ollama_parameters"]),
     log:
         f"{LOGS}/modelfile.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/modelfile.py"

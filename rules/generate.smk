@@ -11,6 +11,8 @@ rule chunk:
         chunk=config["chunk"],
     log:
         f"{LOGS}/chunk/{{video}}.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/chunk.py"
 
@@ -28,6 +30,8 @@ rule extract_questions:
         f"{LOGS}/extract_questions/{{video}}.log",
     resources:
         llm_api=1,
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/extract_questions.py"
 
@@ -43,6 +47,8 @@ rule validate_questions:
         questions=question_settings(),
     log:
         f"{LOGS}/validate_questions/{{video}}.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/validate_questions.py"
 
@@ -61,6 +67,8 @@ rule answer_questions:
         f"{LOGS}/answer_questions/{{video}}.log",
     resources:
         llm_api=1,
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/answer_questions.py"
 
@@ -75,6 +83,8 @@ rule review:
         f"{R}/review/{{video}}.md",
     log:
         f"{LOGS}/review/{{video}}.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/review.py"
 
@@ -86,5 +96,7 @@ rule review_index:
         f"{R}/review/index.md",
     log:
         f"{LOGS}/review_index.log",
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/review_index.py"

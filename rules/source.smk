@@ -14,6 +14,8 @@ checkpoint list_videos:
         f"{LOGS}/list_videos.log",
     resources:
         youtube=1,
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/list_videos.py"
 
@@ -33,5 +35,7 @@ rule fetch_transcript:
         f"{LOGS}/fetch_transcript/{{video}}.log",
     resources:
         youtube=1,
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/fetch_transcript.py"

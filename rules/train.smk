@@ -1,5 +1,13 @@
 # Steps 8-9: LoRA fine-tune with mlx-lm (metrics, best adapter by val loss), fuse into a model dir.
 
+from tubetune.train.settings import TrainSettings as _TrainSettings  # noqa: E402
+
+# Cross-key checks (iters vs epochs, ...) fail here, before any job starts.
+try:
+    _TrainSettings.from_config(config["train"])
+except ConfigError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
 
 def train_settings():
     """The resolved train settings (profile applied, schema defaults filled): the rule's params."""

@@ -279,12 +279,14 @@ class PromptCheck:
 
 
 def greedy_parity(
-    gguf_path: str | Path, model_dir: str | Path, prompts: list[str], n_tokens: int, n_threads: int = 2
+    gguf_path: str | Path, model_dir: str | Path, prompts: list[str], n_tokens: int, n_threads: int = 1
 ) -> list[PromptCheck]:
     """Greedy tokens of the converted model (MLX) vs llama.cpp on the original GGUF, per chat prompt.
 
     Each prompt is a user message with the chat template applied (by the converted tokenizer); the
-    prompt's tokens are also compared with llama.cpp's own tokenization of the same text.
+    prompt's tokens are also compared with llama.cpp's own tokenization of the same text. llama.cpp runs
+    on one thread: its worker threads spin-wait, and with any other load on a 2-core machine two threads
+    decoded 2-6 tok/s against 65-125 tok/s on one.
     """
     from tubetune.blas import ensure_fast_blas
 
@@ -354,8 +356,9 @@ def judge_parity(checks: list[PromptCheck]) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------------------------------- rule step
 
 
-def base_model_step(settings: Mapping[str, Any], out_dir: str | Path, check_path: str | Path,
-                    threads: int = 2) -> dict[str, Any]:
+def base_model_step(
+    settings: Mapping[str, Any], out_dir: str | Path, check_path: str | Path
+) -> dict[str, Any]:
     """Rule base_model: prepare results/model/base and write the parity check (base_check.json)."""
     from tubetune.blas import ensure_fast_blas
     from tubetune.errors import TubetuneError
@@ -377,7 +380,7 @@ def base_model_step(settings: Mapping[str, Any], out_dir: str | Path, check_path
         return report
     prompts = [str(p) for p in settings.get("check_prompts") or []]
     n_tokens = int(settings.get("check_tokens", 12))
-    checks = greedy_parity(source.path, out_dir, prompts, n_tokens, n_threads=threads)
+    checks = greedy_parity(source.path, out_dir, prompts, n_tokens)
     status, reasons = judge_parity(checks)
     report.update(status=status, reasons=reasons, tokens_compared=n_tokens,
                   prompts=[check.as_dict() for check in checks])
