@@ -152,3 +152,9 @@ EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
 
 def export_model_dir(wildcards):
     return EXPORT_MODEL_DIRS[wildcards.model]
+
+
+# ---- evaluation (rules/evaluate.smk) ----
+
+def eval_gguf(model):
+    return f"{R}/export/gguf/{model}-{config['evaluate']['quant']}.gguf"

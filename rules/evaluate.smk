@@ -2,10 +2,6 @@
 # exports, masked test loss with MLX) and write the metrics and a self-contained HTML report.
 
 
-def eval_gguf(model):
-    return f"{R}/export/gguf/{model}-{config['evaluate']['quant']}.gguf"
-
-
 rule evaluate:
     input:
         test=f"{R}/dataset/test.jsonl",
@@ -35,5 +31,7 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate.tsv"
     threads: workflow.cores or 2
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/evaluate.py"

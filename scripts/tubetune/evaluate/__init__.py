@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.evaluate.metrics import (
@@ -30,6 +30,10 @@ from tubetune.evaluate.metrics import (
     which_is_better,
 )
 from tubetune.jsonio import read_json, read_jsonl, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from tubetune.evaluate.generate import GenerationRun
+    from tubetune.evaluate.loss import LossResult
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +180,54 @@ def build_metrics(
     }
 
 
+def _answer_rows(
+    examples: Sequence[TestExample],
+    runs: Mapping[str, GenerationRun],
+    scores: Mapping[str, Sequence[AnswerScores]],
+    losses: Mapping[str, LossResult],
+) -> list[dict[str, Any]]:
+    """One row per test example: question, reference, and each model's answer with its scores."""
+    rows: list[dict[str, Any]] = []
+    for i, example in enumerate(examples):
+        row: dict[str, Any] = {
+            "index": example.index,
+            "question": example.question,
+            "reference": example.reference,
+            "meta": example.meta,
+        }
+        for name in MODELS:
+            example_loss = losses[name].examples[i]
+            row[name] = {
+                **runs[name].answers[i].to_json(),
+                **scores[name][i].to_json(),
+                "loss": example_loss.loss,
+                "loss_tokens": example_loss.n_tokens,
+            }
+        rows.append(_clean(row))
+    return rows
+
+
+def _timing(runs: Mapping[str, GenerationRun], losses: Mapping[str, LossResult]) -> dict[str, Any]:
+    return {
+        name: {
+            "generation_tokens_per_s": runs[name].tokens_per_s,
+            "generation_seconds": runs[name].seconds,
+            "completion_tokens": runs[name].completion_tokens,
+            "gguf_load_seconds": runs[name].load_seconds,
+            "loss_seconds": losses[name].seconds,
+            "loss_tokens_per_s": losses[name].tokens_per_s,
+        }
+        for name in MODELS
+    }
+
+
 def evaluate(
     inputs: EvalInputs, outputs: EvalOutputs, settings: EvalSettings, threads: int = 1
 ) -> dict[str, Any]:
-    """Run the whole evaluation; write metrics.json, answers.jsonl and report.html; return the metrics."""
+    """Run the whole evaluation; write metrics.json, answers.jsonl and report.html; return the metrics.
+
+    ``settings.quant`` only labels the results: the rule picks the GGUF files of that quantization.
+    """
     from tubetune.evaluate import loss as loss_module
     from tubetune.evaluate.generate import GenerationSettings, generate_answers
     from tubetune.evaluate.report import render_report, select_side_by_side, write_report
@@ -198,17 +246,16 @@ def evaluate(
     )
     ggufs = {"base": inputs.base_gguf, "tuned": inputs.tuned_gguf}
     model_dirs = {"base": inputs.base_model, "tuned": inputs.tuned_model}
-    prompts = [example.prompt for example in examples]
-    rows = [{"messages": example.messages} for example in examples]
     references = [example.reference for example in examples]
-
     runs = {
-        name: generate_answers(ggufs[name], prompts, generation, label=f"{name} answers") for name in MODELS
+        name: generate_answers(ggufs[name], [e.prompt for e in examples], generation, label=f"{name} answers")
+        for name in MODELS
     }
     losses = {
         name: loss_module.model_test_loss(
-            model_dirs[name], rows, batch_size=settings.loss_batch_size,
-            max_seq_length=settings.loss_max_seq_length, label=f"{name} loss",
+            model_dirs[name], [{"messages": e.messages} for e in examples],
+            batch_size=settings.loss_batch_size, max_seq_length=settings.loss_max_seq_length,
+            label=f"{name} loss",
         )
         for name in MODELS
     }
@@ -231,42 +278,15 @@ def evaluate(
             **aggregate_answers([a.text for a in answers], references, scores[name]),
         }
 
-    answer_rows: list[dict[str, Any]] = []
-    for i, example in enumerate(examples):
-        row: dict[str, Any] = {
-            "index": example.index,
-            "question": example.question,
-            "reference": example.reference,
-            "meta": example.meta,
-        }
-        for name in MODELS:
-            example_loss = losses[name].examples[i]
-            row[name] = {
-                **runs[name].answers[i].to_json(),
-                **scores[name][i].to_json(),
-                "loss": example_loss.loss,
-                "loss_tokens": example_loss.n_tokens,
-            }
-        answer_rows.append(row)
-
-    metrics: dict[str, Any] = {
+    answer_rows = _answer_rows(examples, runs, scores, losses)
+    metrics: dict[str, Any] = _clean({
         "n_examples": len(examples),
         "gguf_quant": settings.quant,
         "max_new_tokens": settings.max_new_tokens,
         **build_metrics(per_model, reference_lengths(references)),
         "loss_tokens": {name: losses[name].n_tokens for name in MODELS},
         "timing": {
-            **{
-                name: {
-                    "generation_tokens_per_s": runs[name].tokens_per_s,
-                    "generation_seconds": runs[name].seconds,
-                    "completion_tokens": runs[name].completion_tokens,
-                    "gguf_load_seconds": runs[name].load_seconds,
-                    "loss_seconds": losses[name].seconds,
-                    "loss_tokens_per_s": losses[name].tokens_per_s,
-                }
-                for name in MODELS
-            },
+            **_timing(runs, losses),
             "threads": generation.n_threads,
             "total_seconds": time.perf_counter() - started,
         },
@@ -276,14 +296,13 @@ def evaluate(
         },
         "blas": loss_module.BLAS,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-    }
-    metrics = _clean(metrics)
+    })
     side_by_side = select_side_by_side([e.question for e in examples], settings.n_side_by_side)
     html = render_report(
         metrics, answer_rows, side_by_side,
         loss_png=inputs.loss_png, train_summary=train_summary, dataset_stats=dataset_stats,
     )
-    write_jsonl(outputs.answers, [_clean(row) for row in answer_rows])
+    write_jsonl(outputs.answers, answer_rows)
     write_json(outputs.metrics, metrics)
     write_report(outputs.report, html)
     for name in ("test_loss", "rouge_l", "chrf", "format_compliance", "refusal_rate"):

@@ -10,7 +10,8 @@ purpose:
   id 0) of every padded row (mlx-lm PR #1697 describes it): one extra, meaningless target per example.
 * :func:`iterate_eval_batches` yields every example exactly once, in a fixed order, with its index;
   ``trainer.iterate_batches`` drops the examples that do not fill a last batch, fails when there are
-  fewer examples than ``batch_size`` and shuffles batches, so per-example losses would be lost.
+  fewer examples than ``batch_size`` and shuffles batches, so per-example losses would be lost. It
+  also pads only to the longest row (training pads to a multiple of 32 for compiled shapes).
 
 :func:`masked_loss` has the signature of ``default_loss``, so it can be passed as ``loss=`` to
 ``mlx_lm.tuner.trainer.evaluate`` / ``train``.
@@ -39,8 +40,6 @@ from tqdm import tqdm  # noqa: E402
 from tubetune.errors import InputFileError  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-PAD_TO = 32  # as in mlx_lm.tuner.trainer.iterate_batches
 
 
 def per_example_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
@@ -72,16 +71,17 @@ def iterate_eval_batches(
 ) -> Iterator[tuple[list[int], mx.array, mx.array]]:
     """Every example once, shortest first: ``(indices, batch [B, T], lengths [B, 2])``.
 
-    ``dataset[i]`` is ``(tokens, prompt_offset)`` (an mlx-lm ``CacheDataset``). Rows are right padded
-    with 0 to one plus a multiple of 32 and truncated to ``max_seq_length``, like mlx-lm's
-    ``iterate_batches``; the last batch may be smaller than ``batch_size``.
+    ``dataset[i]`` is ``(tokens, prompt_offset)`` (an mlx-lm ``CacheDataset``). Rows are truncated to
+    ``max_seq_length`` and right padded with 0 to the longest row of the batch, with the
+    ``(offset, length)`` layout of mlx-lm's ``iterate_batches``; the last batch may be smaller than
+    ``batch_size``.
     """
     order = sorted(range(len(dataset)), key=lambda i: (len(dataset[i][0]), i))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         rows = [dataset[i] for i in indices]
         longest = max(len(tokens) for tokens, _ in rows)
-        width = min(1 + PAD_TO * ((longest + PAD_TO - 1) // PAD_TO), max_seq_length)
+        width = min(longest, max_seq_length)
         array = np.zeros((len(rows), width), np.int32)
         lengths = []
         for row, (tokens, offset) in enumerate(rows):
@@ -104,13 +104,15 @@ class LossResult:
 
     loss: float
     perplexity: float
-    n_tokens: int
+    n_tokens: int  # scored (assistant) tokens
+    n_input_tokens: int  # all tokens run through the model (prompt and answer, no padding)
     seconds: float
     examples: list[ExampleLoss] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.n_tokens / self.seconds if self.seconds > 0 else math.nan
+        """Forward-pass throughput: input tokens per second."""
+        return self.n_input_tokens / self.seconds if self.seconds > 0 else math.nan
 
 
 def chat_dataset(
@@ -137,6 +139,11 @@ def dataset_loss(
     started = time.perf_counter()
     model.eval()
     dataset = chat_dataset(rows, tokenizer, mask_prompt)
+    try:
+        for index in range(len(dataset)):
+            _ = dataset[index]  # tokenize once, up front: a template error is reported here
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputFileError(f"{label}: cannot apply the model's chat template ({exc})") from exc
     ce_sums = [0.0] * len(rows)
     counts = [0] * len(rows)
     truncated = [False] * len(rows)
@@ -174,6 +181,7 @@ def dataset_loss(
         loss=loss,
         perplexity=math.exp(loss),
         n_tokens=total,
+        n_input_tokens=sum(min(len(dataset[i][0]), max_seq_length) for i in range(len(rows))),
         seconds=time.perf_counter() - started,
         examples=examples,
     )
@@ -210,8 +218,9 @@ def model_test_loss(
         del model
         mx.clear_cache()
     logger.info(
-        "%s: test loss %.4f, perplexity %.3f over %d assistant tokens (%.1f s, %.0f tok/s, BLAS %s)",
-        label, result.loss, result.perplexity, result.n_tokens, result.seconds, result.tokens_per_s, BLAS,
+        "%s: test loss %.4f, perplexity %.3f over %d assistant tokens (%d tokens in %.1f s, %.0f tok/s)",
+        label, result.loss, result.perplexity, result.n_tokens, result.n_input_tokens, result.seconds,
+        result.tokens_per_s,
     )
     return result
 

@@ -48,7 +48,8 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("cut_at_max_rate", "Cut at max tokens", Better.LOWER,
                "Share of answers that hit the max_new_tokens limit."),
     MetricInfo("leak_rate", "Leaked special tokens", Better.LOWER,
-               "Share of answers that contain special-token text such as <|im_start|>."),
+               "Share of answers that contain special-token text such as <|im_start|>, or a bare role "
+               "line (user/assistant/system) left by a chat-turn token."),
     MetricInfo("refusal_rate", "Refusal rate", Better.LOWER,
                "Share of answers matching a refusal pattern (evaluate.refusal_patterns)."),
     MetricInfo("mean_answer_chars", "Mean answer length (chars)", Better.CLOSER_TO_REFERENCE,
@@ -98,9 +99,21 @@ def is_refusal(text: str, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(pattern.search(text) for pattern in patterns)
 
 
+# llama.cpp renders control tokens (<|im_start|>, <|start_header_id|>, ...) as empty text, so a turn
+# marker the model emits without it being an end-of-generation token leaves only the role name:
+# "Done.<|im_end|>\n<|im_start|>user\n" reads "Done.\nuser\n" (ChatML) and
+# "Done.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n" reads "Done.user\n\n" (Llama 3).
+ROLE_RESIDUE = re.compile(r"(?:^|\n|[.!?])[ \t]*(?:user|assistant|system)[ \t]*\n")
+ROLE_RESIDUE_MARKER = "role header"
+
+
 def leaked_markers(text: str, markers: Sequence[str]) -> list[str]:
-    """The special-token texts (from ``markers``) found in ``text``, in ``markers`` order."""
-    return [marker for marker in markers if marker in text]
+    """Special-token texts (from ``markers``) found in ``text``, in ``markers`` order, then
+    ``"role header"`` if a bare role line shows a chat-turn marker that llama.cpp rendered empty."""
+    found = [marker for marker in markers if marker in text]
+    if ROLE_RESIDUE.search(text):
+        found.append(ROLE_RESIDUE_MARKER)
+    return found
 
 
 def word_count(text: str) -> int:

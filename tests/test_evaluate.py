@@ -1,0 +1,463 @@
+"""Step 12, evaluate: metric functions, the masked test loss, and an end-to-end run on real models.
+
+The end-to-end run uses the bundled SmolLM2 GGUF as both "base" and "tuned" GGUF and the converted
+base model dir as both MLX models, so every delta must be exactly zero (greedy, same weights).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tubetune.config import validate_config
+from tubetune.errors import ConfigError, InputFileError
+from tubetune.evaluate import (
+    DEFAULT_LEAK_MARKERS,
+    DEFAULT_REFUSAL_PATTERNS,
+    EvalInputs,
+    EvalOutputs,
+    EvalSettings,
+    build_metrics,
+    evaluate,
+    read_test_set,
+)
+from tubetune.evaluate.metrics import (
+    METRICS,
+    check_format,
+    chrf,
+    compile_patterns,
+    corpus_chrf,
+    is_cut_at_max,
+    is_refusal,
+    leaked_markers,
+    rouge_l,
+    which_is_better,
+)
+from tubetune.evaluate.report import flatten, select_side_by_side
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_NAMES = [info.name for info in METRICS]
+PATTERNS = compile_patterns(DEFAULT_REFUSAL_PATTERNS)
+Model = tuple[Any, Any]  # an mlx-lm model and its tokenizer
+Rows = list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- metrics on hand-made cases
+
+
+def test_rouge_l_identical_disjoint_and_partial() -> None:
+    text = "Feed it once a day at room temperature."
+    assert rouge_l(text, text) == pytest.approx(1.0)
+    assert rouge_l("banana bread", "sourdough starter") == 0.0
+    assert rouge_l("", text) == 0.0
+    # LCS "feed it once a day" = 5 of 5 prediction words and 5 of 8 reference words.
+    assert rouge_l("feed it once a day", text) == pytest.approx(2 * 1.0 * (5 / 8) / (1.0 + 5 / 8))
+
+
+def test_chrf_sentence_and_corpus() -> None:
+    assert chrf("Use rye flour.", "Use rye flour.") == pytest.approx(100.0)
+    assert chrf("zzzz", "Use rye flour.") == 0.0
+    partial = chrf("Use rye.", "Use rye flour.")
+    assert 0.0 < partial < 100.0
+    same = ["Use rye flour.", "Bake hot."]
+    assert corpus_chrf(same, same) == pytest.approx(100.0)
+    assert math.isnan(corpus_chrf([], []))
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("I can't help with that question.", True),
+        ("i CANNOT answer that", True),
+        ("As an AI language model, I have no oven.", True),
+        ("I'm sorry, but that is outside what I know.", True),
+        ("I don't know which flour they used.", True),
+        ("Feed it once a day; you cannot overfeed a starter by much.", False),
+        ("Scan the crumb: if you can see big holes, it proofed well.", False),
+    ],
+)
+def test_refusal_patterns(text: str, refusal: bool) -> None:
+    assert is_refusal(text, PATTERNS) is refusal
+
+
+def test_bad_refusal_pattern_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"evaluate\.refusal_patterns: '\(unclosed'"):
+        compile_patterns(["(unclosed"])
+
+
+def test_leaked_special_tokens_make_an_answer_non_compliant() -> None:
+    answer = "Feed it daily.<|im_end|>\n<|im_start|>user\nAnd rye?"
+    assert leaked_markers(answer, DEFAULT_LEAK_MARKERS) == ["<|im_start|>", "<|im_end|>"]
+    assert leaked_markers("Bake at 250 degrees <3", DEFAULT_LEAK_MARKERS) == []
+    check = check_format(answer, "stop", 20, 64, DEFAULT_LEAK_MARKERS)
+    assert not check.ok
+    assert check.leaked == ("<|im_start|>", "<|im_end|>")
+    assert check.issues == ["leaked <|im_start|> <|im_end|>"]
+    assert not check_format("Done.<|eot_id|>", "stop", 3, 64, DEFAULT_LEAK_MARKERS).ok
+    # Control tokens come out of llama.cpp as empty text: only the role name of the next turn is left.
+    assert leaked_markers("Feed it daily.\nuser\nAnd rye?", DEFAULT_LEAK_MARKERS) == ["role header"]
+    assert leaked_markers("Feed it daily.user\n\nAnd rye?", DEFAULT_LEAK_MARKERS) == ["role header"]
+    assert leaked_markers("Ask your assistant\nto help.", DEFAULT_LEAK_MARKERS) == []
+    assert leaked_markers("Every user should feed it daily.\n", DEFAULT_LEAK_MARKERS) == []
+
+
+def test_cut_at_max_tokens_detection() -> None:
+    assert is_cut_at_max("length", 64, 64)
+    assert not is_cut_at_max("stop", 64, 64)  # the end-of-turn token came exactly at the limit
+    assert not is_cut_at_max("stop", 10, 64)
+    assert is_cut_at_max(None, 64, 64)
+    check = check_format("Preheat the oven to 250 degrees and", "length", 64, 64, DEFAULT_LEAK_MARKERS)
+    assert (check.ok, check.cut_at_max, check.issues) == (False, True, ["cut at max tokens"])
+
+
+def test_clean_empty_and_failed_answers() -> None:
+    assert check_format("Preheat to 250 degrees.", "stop", 6, 64, DEFAULT_LEAK_MARKERS).ok
+    empty = check_format("  \n", "stop", 1, 64, DEFAULT_LEAK_MARKERS)
+    assert (empty.ok, empty.issues) == (False, ["empty"])
+    failed = check_format("", None, 0, 64, DEFAULT_LEAK_MARKERS, error="prompt too long")
+    assert not failed.ok
+    assert failed.issues[0] == "error: prompt too long"
+
+
+def test_which_is_better_follows_each_metric_direction() -> None:
+    assert which_is_better("test_loss", 2.0, 1.5) == "tuned"
+    assert which_is_better("rouge_l", 0.30, 0.20) == "base"
+    assert which_is_better("refusal_rate", 0.0, 0.25) == "base"
+    assert which_is_better("chrf", 40.0, 40.0) == "tie"
+    assert which_is_better("mean_answer_chars", 400.0, 130.0, reference=120.0) == "tuned"
+    assert which_is_better("mean_answer_words", 10.0, 40.0, reference=20.0) == "base"
+    assert which_is_better("mean_answer_words", 10.0, 40.0) == "n/a"
+    assert which_is_better("rouge_l", math.nan, 0.2) == "n/a"
+
+
+def test_build_metrics_has_base_tuned_delta_and_better_for_every_metric() -> None:
+    base = {name: 1.0 for name in METRIC_NAMES}
+    tuned = {name: 1.5 for name in METRIC_NAMES}
+    reference = {"mean_answer_chars": 1.6, "mean_answer_words": 0.5}
+    metrics = build_metrics({"base": base, "tuned": tuned}, reference)
+    for section in ("base", "tuned", "delta", "better", "metric_info"):
+        assert set(metrics[section]) == set(METRIC_NAMES), section
+    assert metrics["delta"]["rouge_l"] == pytest.approx(0.5)
+    assert metrics["better"]["test_loss"] == "base"
+    assert metrics["better"]["rouge_l"] == "tuned"
+    assert metrics["better"]["mean_answer_chars"] == "tuned"
+    assert metrics["better"]["mean_answer_words"] == "base"
+
+
+def test_side_by_side_choice_is_deterministic_and_in_test_order() -> None:
+    questions = [f"Question number {i}?" for i in range(20)]
+    chosen = select_side_by_side(questions, 8)
+    assert chosen == select_side_by_side(list(questions), 8)
+    assert chosen == sorted(chosen) and len(set(chosen)) == 8
+    assert chosen != list(range(8))  # chosen by hash, not the first eight
+    # The choice depends on the texts, not on their position.
+    reversed_chosen = select_side_by_side(questions[::-1], 8)
+    assert sorted(questions[::-1][i] for i in reversed_chosen) == sorted(questions[i] for i in chosen)
+    assert select_side_by_side(questions[:3], 8) == [0, 1, 2]
+    assert select_side_by_side(questions, 0) == []
+
+
+def test_flatten_expands_small_objects_and_counts_big_ones() -> None:
+    rows = dict(flatten({"examples": {"train": 48, "test": 8}, "per_video": {f"v{i}": {} for i in range(30)},
+                         "videos": ["a", "b"], "ok": True, "loss": 1.234567891}))
+    assert rows == {"examples.train": "48", "examples.test": "8", "per_video": "30 entries",
+                    "videos": "a, b", "ok": "true", "loss": "1.23457"}
+
+
+def test_schema_defaults_match_the_settings_dataclass() -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    config["evaluate"] = {}
+    validate_config(config, ROOT / "config.schema.yaml")
+    assert EvalSettings.from_mapping(config["evaluate"]) == EvalSettings()
+    with pytest.raises(ConfigError, match=r"evaluate\.quantt"):
+        EvalSettings.from_mapping({"quantt": "q8_0"})
+
+
+def test_config_schema_rejects_a_bad_evaluate_value() -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    config["evaluate"] = {"quant": "q5_k"}
+    with pytest.raises(ConfigError, match=r"evaluate\.quant"):
+        validate_config(config, ROOT / "config.schema.yaml")
+
+
+def test_read_test_set_names_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "test.jsonl"
+    good = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+    bad = {"messages": [{"role": "user", "content": "Q?"}, {"role": "user", "content": "again?"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=r"test\.jsonl:2: the last message must be the assistant"):
+        read_test_set(path)
+    assert [e.question for e in read_test_set(path, max_examples=1)] == ["Q?"]
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(InputFileError, match="the test split is empty"):
+        read_test_set(path)
+
+
+# ---------------------------------------------------------------- masked test loss (MLX)
+
+
+@pytest.fixture(scope="module")
+def mlx_model(base_model_dir: Path) -> tuple[Any, Any]:
+    from tubetune.evaluate.loss import load_model
+
+    return load_model(base_model_dir)
+
+
+@pytest.fixture(scope="module")
+def chat_rows(chat_dataset_dir: Path) -> list[dict[str, Any]]:
+    return [{"messages": e.messages} for e in read_test_set(chat_dataset_dir / "test.jsonl")]
+
+
+def _hand_loss(model: Any, tokenizer: Any, messages: list[dict[str, str]], masked: bool) -> tuple[float, int]:
+    """Mean negative log-likelihood of the scored tokens, straight from the model's logits."""
+    import mlx.core as mx
+    import numpy as np
+
+    tokens = list(tokenizer.apply_chat_template(messages, return_dict=False))
+    prompt = list(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=False))
+    assert tokens[: len(prompt)] == prompt  # the prompt is a prefix of the whole conversation
+    logits = np.array(model(mx.array(tokens)[None]).astype(mx.float32))[0].astype(np.float64)
+    peak = logits.max(-1, keepdims=True)
+    logprobs = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
+    first = len(prompt) if masked else 1
+    scored = [-logprobs[t - 1, tokens[t]] for t in range(first, len(tokens))]
+    return float(np.mean(scored)), len(scored)
+
+
+@pytest.mark.slow  # loads a model
+def test_masked_loss_equals_hand_computed_and_differs_from_unmasked(
+    mlx_model: Model, chat_rows: Rows
+) -> None:
+    from tubetune.evaluate.loss import dataset_loss
+
+    model, tokenizer = mlx_model
+    # The shortest example batched with the longest one: it is right padded, and padding must not count.
+    by_length = sorted(chat_rows, key=lambda r: len(json.dumps(r)))
+    row, longer = by_length[0], by_length[-1]
+    masked = dataset_loss(model, tokenizer, [row, longer], batch_size=2, max_seq_length=2048).examples[0]
+    unmasked = dataset_loss(
+        model, tokenizer, [row, longer], batch_size=2, max_seq_length=2048, mask_prompt=False
+    ).examples[0]
+    hand_masked, n_masked = _hand_loss(model, tokenizer, row["messages"], masked=True)
+    hand_unmasked, n_unmasked = _hand_loss(model, tokenizer, row["messages"], masked=False)
+
+    assert masked.n_tokens == n_masked  # only assistant tokens, no padding position
+    assert masked.loss == pytest.approx(hand_masked, abs=1e-3)
+    assert unmasked.n_tokens == n_unmasked
+    assert unmasked.loss == pytest.approx(hand_unmasked, abs=1e-3)
+    assert n_masked < n_unmasked
+    assert masked.loss is not None and unmasked.loss is not None
+    assert abs(masked.loss - unmasked.loss) > 0.05
+
+
+
+@pytest.mark.slow  # loads a model
+def test_loss_same_for_any_batch_size_and_via_mlx_lm_evaluate(mlx_model: Model, chat_rows: Rows) -> None:
+    from mlx_lm.tuner.trainer import evaluate as mlx_evaluate
+
+    from tubetune.evaluate.loss import chat_dataset, dataset_loss, masked_loss
+
+    model, tokenizer = mlx_model
+    rows = chat_rows[:3]
+    one = dataset_loss(model, tokenizer, rows, batch_size=1, max_seq_length=2048)
+    two = dataset_loss(model, tokenizer, rows, batch_size=2, max_seq_length=2048)  # last batch partial
+    assert len(two.examples) == len(rows)
+    assert two.n_tokens == one.n_tokens
+    assert two.loss == pytest.approx(one.loss, abs=1e-5)
+    for a, b in zip(one.examples, two.examples, strict=True):
+        assert a.n_tokens == b.n_tokens
+        assert a.loss == pytest.approx(b.loss, abs=1e-4)
+    # masked_loss is a drop-in loss for mlx-lm's own evaluation loop.
+    dataset = chat_dataset(rows, tokenizer)
+    via_mlx = mlx_evaluate(model, dataset, batch_size=len(rows), num_batches=-1, loss=masked_loss)
+    assert via_mlx == pytest.approx(one.loss, abs=1e-5)
+
+
+@pytest.mark.slow  # loads a model
+def test_truncated_prompt_leaves_nothing_to_score(mlx_model: Model, chat_rows: Rows) -> None:
+    from tubetune.evaluate.loss import dataset_loss
+
+    model, tokenizer = mlx_model
+    with pytest.raises(InputFileError, match="loss_max_seq_length 40 too small"):
+        dataset_loss(model, tokenizer, chat_rows[:2], batch_size=2, max_seq_length=40)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _write_loss_png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 10, 20], [2.1, 1.7, 1.5], label="val")
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model_dir: Path) -> EvalInputs:
+    rows = [json.loads(line) for line in (chat_dataset_dir / "test.jsonl").read_text().splitlines()][:3]
+    tricky = {
+        "messages": [
+            dict(rows[0]["messages"][0]),
+            {"role": "user", "content": "Is <script>alert(1)</script> & 'flour < water' a recipe?"},
+            {"role": "assistant", "content": "No: keep <b>water</b> at 70 percent & flour at 100."},
+        ],
+        "meta": {"id": "tricky"},
+    }
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in [*rows, tricky]), encoding="utf-8")
+    summary = {
+        "settings": {"fine_tune_type": "lora", "iters": 200, "learning_rate": 1e-4, "batch_size": 4},
+        "best_iteration": 150,
+        "best_val_loss": 1.4321,
+        "initial_val_loss": 2.2,
+        "iterations_run": 200,
+        "tokens_per_second_mean": 220.5,
+        "blas": "OpenBLAS",
+    }
+    stats = {
+        "channel": "@crumblab",
+        "examples": {"train": 48, "valid": 8, "test": 4, "total": 60},
+        "lengths_chars": {"answer": {"mean": 82.5, "median": 80, "p95": 97, "max": 99}},
+        "per_video": {f"vid{i:08d}xx": {"examples": 8} for i in range(8)},
+        "dropped": {"near_duplicate": 3},
+        "dropped_total": 3,
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    (tmp_path / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    _write_loss_png(tmp_path / "loss.png")
+    return EvalInputs(
+        test=test, base_gguf=gguf, tuned_gguf=gguf, base_model=model_dir, tuned_model=model_dir,
+        loss_png=tmp_path / "loss.png", train_summary=tmp_path / "summary.json",
+        dataset_stats=tmp_path / "stats.json",
+    )
+
+
+@pytest.mark.slow  # two GGUF and two MLX model loads
+def test_evaluate_end_to_end(
+    tmp_path: Path, chat_dataset_dir: Path, bundled_gguf: Path, base_model_dir: Path
+) -> None:
+    inputs = _evaluation_inputs(tmp_path, chat_dataset_dir, bundled_gguf, base_model_dir)
+    out = tmp_path / "eval"
+    outputs = EvalOutputs(
+        metrics=out / "metrics.json", answers=out / "answers.jsonl", report=out / "report.html"
+    )
+    settings = EvalSettings(max_new_tokens=16, n_side_by_side=4, loss_batch_size=3, n_ctx=512)
+
+    returned = evaluate(inputs, outputs, settings, threads=1)
+
+    metrics = json.loads(outputs.metrics.read_text(encoding="utf-8"))
+    assert metrics == returned
+    assert (metrics["n_examples"], metrics["gguf_quant"], metrics["max_new_tokens"]) == (4, "q8_0", 16)
+    for section in ("base", "tuned", "delta", "better"):
+        assert set(metrics[section]) == set(METRIC_NAMES), section
+    # Same GGUF and same model dir on both sides: greedy answers and losses are identical.
+    assert all(metrics["delta"][name] == 0 for name in METRIC_NAMES)
+    assert set(metrics["better"].values()) <= {"tie", "n/a"}
+    assert metrics["base"]["test_perplexity"] == pytest.approx(math.exp(metrics["base"]["test_loss"]))
+    assert metrics["reference"]["mean_answer_chars"] > 0
+    for name in ("base", "tuned"):
+        timing = metrics["timing"][name]
+        assert timing["completion_tokens"] > 0
+        assert timing["generation_tokens_per_s"] > 0
+    assert metrics["timing"]["threads"] == 1
+
+    answers = [json.loads(line) for line in outputs.answers.read_text(encoding="utf-8").splitlines()]
+    assert len(answers) == 4
+    assert answers[-1]["meta"] == {"id": "tricky"}
+    for row in answers:
+        for name in ("base", "tuned"):
+            side = row[name]
+            assert side["answer"] and side["finish_reason"] in {"stop", "length"}
+            assert 0.0 <= side["rouge_l"] <= 1.0
+            assert side["completion_tokens"] <= 16
+            assert side["format_ok"] == (side["finish_reason"] == "stop" and not side["format_issues"])
+            assert side["loss"] > 0 and side["loss_tokens"] > 0
+        assert row["base"]["answer"] == row["tuned"]["answer"]
+    compliance = sum(r["base"]["format_ok"] for r in answers) / len(answers)
+    assert metrics["base"]["format_compliance"] == pytest.approx(compliance)
+    assert metrics["base"]["rouge_l"] == pytest.approx(sum(r["base"]["rouge_l"] for r in answers) / 4)
+
+    html = outputs.report.read_text(encoding="utf-8")
+    match = re.search(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert match is not None
+    assert base64.b64decode(match.group(1)) == inputs.loss_png.read_bytes()
+    assert "<table class=\"metrics\">" in html
+    for info in METRICS:
+        assert info.label in html
+    assert "150" in html and "1.4321" in html  # best iteration and best val loss from summary.json
+    assert "examples.total" in html and "per_video" in html  # dataset statistics
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>water</b>" not in html and "&lt;b&gt;water&lt;/b&gt;" in html
+    assert answers[0]["base"]["answer"].split()[0] in html  # the side-by-side answers are in the report
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained
+
+
+@pytest.mark.slow  # loads a model
+def test_gguf_without_chat_template_is_refused(tmp_path: Path, bundled_gguf: Path) -> None:
+    import gguf
+    from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, get_field_data
+
+    from tubetune.evaluate.generate import GenerationSettings, load_gguf
+
+    reader = gguf.GGUFReader(bundled_gguf)
+    stripped = tmp_path / "no-template.gguf"
+    writer = gguf.GGUFWriter(
+        stripped, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE), endianess=reader.endianess
+    )
+    copy_with_new_metadata(reader, writer, {}, [gguf.Keys.Tokenizer.CHAT_TEMPLATE])
+    with pytest.raises(InputFileError, match=r"no tokenizer\.chat_template metadata"):
+        load_gguf(stripped, GenerationSettings(n_ctx=256))
+    with pytest.raises(InputFileError, match="GGUF file not found"):
+        load_gguf(tmp_path / "missing.gguf", GenerationSettings())
+
+
+@pytest.mark.slow  # runs the evaluate rule through Snakemake
+def test_evaluate_rule_in_snakemake(
+    tmp_path: Path, chat_dataset_dir: Path, bundled_gguf: Path, base_model_dir: Path
+) -> None:
+    from workflow import copy_workflow, dry_run_reasons, edit_config, snakemake
+
+    workdir = copy_workflow(tmp_path / "wf")
+    inputs = _evaluation_inputs(tmp_path, chat_dataset_dir, bundled_gguf, base_model_dir)
+    results = workdir / "results"
+    placed = {
+        "dataset/test.jsonl": inputs.test, "dataset/stats.json": inputs.dataset_stats,
+        "export/gguf/base-q8_0.gguf": bundled_gguf, "export/gguf/tuned-q8_0.gguf": bundled_gguf,
+        "model/base": base_model_dir, "fused": base_model_dir,
+        "train/loss.png": inputs.loss_png, "train/summary.json": inputs.train_summary,
+    }
+    for relative, source in placed.items():
+        (results / relative).parent.mkdir(parents=True, exist_ok=True)
+        (results / relative).symlink_to(source)
+    edit_config(workdir, evaluate={"max_new_tokens": 8, "max_examples": 2, "n_side_by_side": 2})
+
+    target = ("results/eval/metrics.json", "--allowed-rules", "evaluate")
+    # One thread: spinning llama.cpp / OpenBLAS threads slow down badly on a shared, busy 2-core machine.
+    run = snakemake(workdir, *target, "--set-threads", "evaluate=1")
+    assert run.returncode == 0, run.output[-3000:]
+    metrics = json.loads((results / "eval/metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["n_examples"], metrics["max_new_tokens"]) == (2, 8)
+    assert (results / "eval/answers.jsonl").is_file() and (results / "eval/report.html").is_file()
+    assert "BLAS for MLX" in (workdir / "logs/evaluate.log").read_text(encoding="utf-8")
+    assert (results / "benchmarks/evaluate.tsv").is_file()
+
+    report = snakemake(workdir, *target, "--report", "sm.html")
+    assert report.returncode == 0, report.output[-3000:]
+    assert "Base vs tuned metrics on the test split" in (workdir / "sm.html").read_text(encoding="utf-8")
+
+    edit_config(workdir, evaluate={"max_new_tokens": 16})
+    dry = snakemake(workdir, "-n", *target)
+    assert dry.returncode == 0, dry.output[-3000:]
+    assert any("params" in reason.lower() for reason in dry_run_reasons(dry).get("evaluate", set()))
