@@ -1,10 +1,15 @@
 """mlx-lm training callback: metrics JSONL as they happen, best adapter by val loss, early stopping.
 
-mlx-lm's ``train()`` validates *before* the optimizer step of iteration ``it`` and reports the
-result as iteration ``it - 1``, so when :meth:`MetricsCallback.on_val_loss_report` runs the model
-holds exactly the weights the reported val loss was measured on: that is when the best adapter
-is saved. Training stops by raising :class:`StopTraining` from the callback (at a val report, so
-no step is half done); the runner catches it.
+When :meth:`MetricsCallback.on_val_loss_report` runs, the model holds exactly the weights the
+reported val loss was measured on: that is when the best adapter is saved. Training stops by raising
+:class:`StopTraining` from the callback (between two steps, so no step is half done); the runner
+catches it.
+
+Validation schedule: mlx-lm's ``train()`` validates *before* the step of iteration ``it`` and reports
+it as iteration ``it - 1``, so its ``steps_per_eval`` gives val losses at iterations 0, N-1, 2N-1, ...
+The runner therefore lets mlx-lm validate only at the start (iteration 0) and after the last step,
+and this callback validates after the train report of every iteration that is a multiple of
+``steps_per_eval`` (val losses at 0, N, 2N, ..., iters).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +46,7 @@ METRIC_FIELDS = (
 )
 
 
-class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopTraining(Exception):
     """Raised from the callback to end ``train()`` at a validation report."""
 
     def __init__(self, reason: str, iteration: int) -> None:
@@ -91,7 +97,7 @@ def _finite(value: Any) -> float | None:
 
 
 @dataclass
-class MetricsCallback(TrainingCallback):  # type: ignore[misc]
+class MetricsCallback(TrainingCallback):
     """Writes one JSONL row per train or val report and keeps the best adapter.
 
     Args:
@@ -100,6 +106,8 @@ class MetricsCallback(TrainingCallback):  # type: ignore[misc]
         stopper: best-loss and patience bookkeeping.
         final_iteration: the val report of this iteration ends training (``StopTraining``).
         save_best: called with the iteration when the current weights are a new best.
+        evaluate: returns the val loss of the current weights; called after the train report of
+            every iteration that is a multiple of ``steps_per_eval`` (and before ``final_iteration``).
         on_eval: called with the iteration after every val report (e.g. keep all checkpoints).
         learning_rate: current learning rate (for val rows).
         peak_memory_gb: current peak memory (for val rows).
@@ -110,6 +118,8 @@ class MetricsCallback(TrainingCallback):  # type: ignore[misc]
     stopper: EarlyStopping
     final_iteration: int
     save_best: Callable[[int], None]
+    evaluate: Callable[[], float] | None = None
+    steps_per_eval: int = 0
     on_eval: Callable[[int], None] | None = None
     learning_rate: Callable[[], float] | None = None
     peak_memory_gb: Callable[[], float] | None = None
@@ -161,12 +171,19 @@ class MetricsCallback(TrainingCallback):  # type: ignore[misc]
         )
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{row['train_loss'] or math.nan:.3f}", refresh=False)
+        due = self.steps_per_eval > 0 and iteration % self.steps_per_eval == 0
+        if self.evaluate is not None and due and iteration < self.final_iteration:
+            started = time.perf_counter()
+            loss = self.evaluate()
+            self.on_val_loss_report(
+                {"iteration": iteration, "val_loss": loss, "val_time": time.perf_counter() - started}
+            )
 
     def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
         iteration = int(val_info["iteration"])
         loss = float(val_info["val_loss"])
         if not math.isfinite(loss):
-            logger.warning("iter %d: val loss is %s (not a number): lower train.learning_rate", iteration, loss)
+            logger.warning("iter %d: val loss is %s: lower train.learning_rate", iteration, loss)
         is_best = self.stopper.update(iteration, loss) if math.isfinite(loss) else False
         if not math.isfinite(loss):
             self.stopper.evals_without_improvement += 1

@@ -15,10 +15,12 @@ def plot_losses(
     path: str | Path,
     *,
     best_iteration: int | None = None,
+    batches_per_epoch: int | None = None,
     title: str = "Fine-tuning loss",
 ) -> Path:
-    """Train and val loss against iteration, the best val iteration marked; returns ``path``."""
-    train = [(r["iteration"], r["train_loss"]) for r in rows if r["kind"] == "train" and r["train_loss"] is not None]
+    """Train and val loss against iteration (epochs on top), the best val marked; returns ``path``."""
+    train = [(r["iteration"], r["train_loss"])
+             for r in rows if r["kind"] == "train" and r["train_loss"] is not None]
     val = [(r["iteration"], r["val_loss"]) for r in rows if r["kind"] == "val" and r["val_loss"] is not None]
     figure = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(figure)
@@ -31,13 +33,21 @@ def plot_losses(
         best = [loss for iteration, loss in val if iteration == best_iteration]
         axes.axvline(best_iteration, color="tab:green", linestyle="--", linewidth=1)
         if best:
-            axes.annotate(
-                f"best val {best[0]:.3f} @ {best_iteration}",
-                xy=(best_iteration, best[0]),
-                xytext=(8, 12),
-                textcoords="offset points",
-                color="tab:green",
-            )
+            axes.plot([best_iteration], best, marker="*", markersize=14, color="tab:green", linestyle="none")
+            axes.text(0.98, 0.96, f"best val loss {best[0]:.3f} at iteration {best_iteration}",
+                      transform=axes.transAxes, horizontalalignment="right", verticalalignment="top",
+                      color="tab:green")
+    if batches_per_epoch:
+        per_epoch = float(batches_per_epoch)
+
+        def to_epoch(iteration: Any) -> Any:
+            return iteration / per_epoch
+
+        def to_iteration(epoch: Any) -> Any:
+            return epoch * per_epoch
+
+        top = axes.secondary_xaxis("top", functions=(to_epoch, to_iteration))
+        top.set_xlabel("epoch")
     axes.set_xlabel("iteration")
     axes.set_ylabel("loss (cross entropy per token)")
     axes.set_title(title)

@@ -11,6 +11,8 @@ train with a warmup + cosine schedule, keep the adapter of the best val loss as
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib.metadata
 import logging
 import math
 import os
@@ -29,9 +31,10 @@ from tubetune.blas import ensure_fast_blas
 BLAS = ensure_fast_blas()
 
 import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
+from mlx.nn.layers.linear import Linear  # noqa: E402
+from mlx.nn.layers.quantized import QuantizedLinear  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm import utils as mlx_utils  # noqa: E402
 from mlx_lm.tuner import trainer as mlx_trainer  # noqa: E402
@@ -51,7 +54,9 @@ from tubetune.train.plot import plot_losses  # noqa: E402
 from tubetune.train.settings import TrainSettings, batches_per_epoch  # noqa: E402
 
 logger = logging.getLogger(__name__)
+MLX_VERSION = importlib.metadata.version("mlx")
 
+Model = Any  # an mlx.nn.Module (mlx.nn does not type-check as a module namespace)
 PAD_TO = 32  # mlx-lm pads each batch to 1 + a multiple of 32 tokens
 DTYPES: dict[str, mx.Dtype] = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
@@ -88,6 +93,81 @@ class TrainOutputs:
         return self.adapter_dir / "checkpoints"
 
 
+# ------------------------------------------------------------------------------------------ BLAS
+
+
+def _openblas_function(name: str) -> Any:
+    """A function of the OpenBLAS loaded globally by tubetune.blas, or None (macOS, reference BLAS)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (AttributeError, OSError):
+        return None
+
+
+def other_running_processes(samples: int = 5, interval: float = 0.02) -> float:
+    """Mean number of running threads of *other* processes (Linux ``/proc``), sampled briefly."""
+    own = str(os.getpid())
+    counts = []
+    for index in range(samples):
+        running = 0
+        for stat in Path("/proc").glob("[0-9]*/task/*/stat"):
+            if stat.parts[2] == own:
+                continue
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            running += state == "R"
+        counts.append(running)
+        if index + 1 < samples:
+            time.sleep(interval)
+    return sum(counts) / len(counts)
+
+
+def choose_blas_threads(requested: int, cores: int | None = None, busy: float | None = None) -> int:
+    """OpenBLAS threads to train with: ``requested``, minus the cores other running processes occupy.
+
+    OpenBLAS splits every matmul between its threads and waits for the slowest; when another process
+    holds one of the cores, each of the thousands of small matmuls of a step stalls for a scheduler
+    time slice (measured on 2 cores: 2 threads 21 tokens/s vs 1 thread 93 tokens/s with one other busy
+    process, but 128 vs 96 tokens/s on an idle machine).
+    """
+    cores = cores or os.cpu_count() or 1
+    busy = other_running_processes() if busy is None else busy
+    free = max(1, cores - round(busy))
+    return max(1, min(requested, free))
+
+
+class BlasThreads:
+    """Keeps OpenBLAS at ``requested`` threads minus the cores other processes keep busy.
+
+    :meth:`adjust` is called at the start and every few training steps; without OpenBLAS
+    (macOS, reference BLAS) or with ``requested`` None it does nothing.
+    """
+
+    def __init__(self, requested: int | None) -> None:
+        self._set = _openblas_function("openblas_set_num_threads")
+        get = _openblas_function("openblas_get_num_threads")
+        self.current: int | None = int(get()) if get is not None else None
+        self.requested = requested if self._set is not None else None
+        self.changes = 0
+
+    def adjust(self) -> int | None:
+        if self.requested is None:
+            return self.current
+        chosen = choose_blas_threads(self.requested)
+        if chosen != self.current:
+            if self.current is not None and chosen < self.requested:
+                logger.info("OpenBLAS: %d thread(s) instead of %d while other processes keep cores busy",
+                            chosen, self.requested)
+            elif self.current is not None:
+                logger.info("OpenBLAS: back to %d threads", chosen)
+            self._set(chosen)
+            self.current = chosen
+            self.changes += 1
+        return self.current
+
+
 # ------------------------------------------------------------------------------------------ data
 
 
@@ -107,7 +187,8 @@ def load_chat_split(path: str | Path, *, need_assistant_last: bool) -> list[dict
                 raise InputFileError(f"{path}:{number}: every message needs a string 'role' and 'content'")
         if need_assistant_last and messages[-1]["role"] != "assistant":
             raise InputFileError(
-                f"{path}:{number}: the last message must be the assistant's answer (train.mask_prompt needs it)"
+                f"{path}:{number}: the last message must be the assistant's answer "
+                "(train.mask_prompt needs it)"
             )
     return rows
 
@@ -164,8 +245,14 @@ def on_gpu() -> bool:
     return bool(mx.default_device().type == mx.DeviceType.gpu)
 
 
-def _float_dtype(model: nn.Module) -> mx.Dtype | None:
-    for _, value in tree_flatten(model.parameters()):
+def leaves(tree: Any) -> list[tuple[str, Any]]:
+    """``tree_flatten`` of a parameter tree as (dotted name, array) pairs."""
+    flat: list[tuple[str, Any]] = tree_flatten(tree)  # type: ignore[assignment]
+    return flat
+
+
+def _float_dtype(model: Model) -> mx.Dtype | None:
+    for _, value in leaves(model.parameters()):
         if mx.issubdtype(value.dtype, mx.floating):
             dtype: mx.Dtype = value.dtype
             return dtype
@@ -181,7 +268,7 @@ def resolve_dtype(setting: str, current: mx.Dtype | None, gpu: bool) -> mx.Dtype
 
 @dataclass
 class PreparedModel:
-    model: nn.Module
+    model: Model
     tokenizer: Any
     config: dict[str, Any]
     dtype: str
@@ -192,12 +279,11 @@ class PreparedModel:
     weight_bytes: int
 
 
-def lora_keys_of(model: nn.Module) -> list[str]:
+def lora_keys_of(model: Model) -> list[str]:
     """Module paths inside a transformer block that LoRA can adapt (e.g. ``self_attn.q_proj``)."""
     keys: list[str] = []
-    first = model.layers[0]  # type: ignore[attr-defined]
-    for path, module in first.named_modules():
-        if isinstance(module, nn.Linear | nn.QuantizedLinear):
+    for path, module in model.layers[0].named_modules():
+        if isinstance(module, Linear | QuantizedLinear):
             keys.append(path)
     return sorted(keys)
 
@@ -205,7 +291,9 @@ def lora_keys_of(model: nn.Module) -> list[str]:
 def prepare_model(model_dir: str | Path, settings: TrainSettings) -> PreparedModel:
     """Load lazily, dequantize on CPU, cast, freeze and add LoRA / DoRA layers (or unfreeze)."""
     try:
-        model, tokenizer, config = mlx_utils.load(str(model_dir), lazy=True, return_config=True)
+        model, tokenizer, config = mlx_utils.load(  # type: ignore[misc]
+            str(model_dir), lazy=True, return_config=True
+        )
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise InputFileError(f"{model_dir}: cannot load the base model ({exc})") from exc
     gpu = on_gpu()
@@ -241,8 +329,8 @@ def prepare_model(model_dir: str | Path, settings: TrainSettings) -> PreparedMod
         tuner_utils.linear_to_lora_layers(
             model, num_layers, settings.lora_parameters(), use_dora=settings.fine_tune_type == "dora"
         )
-    params = tree_flatten(model.parameters())
-    trainable = sum(int(v.size) for _, v in tree_flatten(model.trainable_parameters()))
+    params = leaves(model.parameters())
+    trainable = sum(int(v.size) for _, v in leaves(model.trainable_parameters()))
     if trainable == 0:
         raise ConfigError("config error: nothing to train: check train.num_layers and train.lora_keys")
     final_dtype = _float_dtype(model)
@@ -283,11 +371,11 @@ def build_optimizer(settings: TrainSettings, learning_rate: float | Callable[[An
     return optim.Adam(learning_rate=learning_rate)
 
 
-def trainable_weights(model: nn.Module) -> dict[str, mx.array]:
-    return dict(tree_flatten(model.trainable_parameters()))
+def trainable_weights(model: Model) -> dict[str, mx.array]:
+    return dict(leaves(model.trainable_parameters()))
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
+def save_weights(model: Model, path: Path) -> None:
     """Save the trainable parameters atomically (write a temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")
@@ -306,8 +394,9 @@ def adapter_config(settings: TrainSettings, prepared: PreparedModel, model_dir: 
     }
 
 
-def _progress_iterator(progress: tqdm) -> Callable[..., Iterator[Any]]:  # type: ignore[type-arg]
-    """mlx-lm's ``iterate_batches`` that also advances the progress bar per training batch."""
+def _progress_iterator(progress: Any, blas: BlasThreads, every: int = 5) -> Callable[..., Iterator[Any]]:
+    """mlx-lm's ``iterate_batches`` that also advances the progress bar per training batch and
+    re-checks the OpenBLAS thread count every ``every`` batches."""
 
     def iterate(
         dataset: Any,
@@ -317,14 +406,16 @@ def _progress_iterator(progress: tqdm) -> Callable[..., Iterator[Any]]:  # type:
         seed: int | None = None,
         comm_group: Any = None,
     ) -> Iterator[Any]:
-        batches = mlx_trainer.iterate_batches(
+        batches = mlx_trainer.iterate_batches(  # type: ignore[no-untyped-call]
             dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length,
             loop=loop, seed=seed, comm_group=comm_group,
         )
-        for batch in batches:
+        for count, batch in enumerate(batches, start=1):
             yield batch
             if loop:
                 progress.update(1)
+                if count % every == 0:
+                    blas.adjust()
 
     return iterate
 
@@ -346,10 +437,19 @@ def run_training(
     model_dir: str | Path,
     outputs: TrainOutputs,
     settings: TrainSettings,
+    *,
+    blas_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Train, keep the best adapter, write metrics, plot and summary; return the summary."""
+    """Train, keep the best adapter, write metrics, plot and summary; return the summary.
+
+    ``blas_threads``: the OpenBLAS threads wanted (the rule's threads), reduced when other processes
+    keep cores busy; None leaves OpenBLAS as loaded.
+    """
     started = time.perf_counter()
-    logger.info("BLAS: %s; device: %s; mlx %s", BLAS, mx.default_device(), mx.__version__)
+    blas = BlasThreads(blas_threads)
+    threads = blas.adjust()
+    logger.info("BLAS: %s (%s threads); device: %s; mlx %s", BLAS, threads or "n/a", mx.default_device(),
+                MLX_VERSION)
     np.random.seed(settings.seed)
     mx.random.seed(settings.seed)
 
@@ -360,12 +460,9 @@ def run_training(
 
     prepared = prepare_model(model_dir, settings)
     model = prepared.model
-    train_set, train_stats = tokenize_split(
-        train_rows, prepared.tokenizer, mask_prompt=settings.mask_prompt, max_seq_length=settings.max_seq_length
-    )
-    valid_set, valid_stats = tokenize_split(
-        valid_rows, prepared.tokenizer, mask_prompt=settings.mask_prompt, max_seq_length=settings.max_seq_length
-    )
+    mask, max_len, tokenizer = settings.mask_prompt, settings.max_seq_length, prepared.tokenizer
+    train_set, train_stats = tokenize_split(train_rows, tokenizer, mask_prompt=mask, max_seq_length=max_len)
+    valid_set, valid_stats = tokenize_split(valid_rows, tokenizer, mask_prompt=mask, max_seq_length=max_len)
     for name, stats in (("train", train_stats), ("valid", valid_stats)):
         logger.info("%s: %d examples, %d tokens (%d trained on), longest %d", name, stats.examples,
                     stats.tokens, stats.target_tokens, stats.longest)
@@ -418,6 +515,17 @@ def run_training(
         if settings.keep_eval_checkpoints:
             save_weights(model, outputs.checkpoint_dir / f"{iteration:07d}_adapters.safetensors")
 
+    def validate() -> float:
+        loss = float(mlx_trainer.evaluate(
+            model=model,
+            dataset=valid_set,
+            batch_size=settings.batch_size,
+            num_batches=settings.val_batches,
+            max_seq_length=settings.max_seq_length,
+        ))
+        model.train()
+        return loss
+
     progress = tqdm(total=iters, desc="train", unit="it", leave=False, disable=None)
     callback = MetricsCallback(
         metrics_path=outputs.metrics,
@@ -425,19 +533,22 @@ def run_training(
         stopper=EarlyStopping(settings.early_stopping_patience, settings.early_stopping_min_delta),
         final_iteration=iters,
         save_best=lambda iteration: save_weights(model, outputs.adapters),
+        evaluate=validate,
+        steps_per_eval=settings.steps_per_eval,
         on_eval=keep_checkpoint,
         learning_rate=lambda: float(optimizer.learning_rate.item()),
         peak_memory_gb=lambda: mx.get_peak_memory() / 1e9,
         progress=progress,
     )
-    # One iteration more than wanted: mlx-lm validates *before* the step of iteration it, so the val
+    # One iteration more than wanted: mlx-lm validates *before* the step of iteration it, so its val
     # report of the last planned step comes at it = iters + 1, and our callback stops right there.
+    # mlx-lm validates only then and at the start; the callback does the validations in between.
     args = mlx_trainer.TrainingArgs(
         batch_size=settings.batch_size,
         iters=iters + 1,
         val_batches=settings.val_batches,
         steps_per_report=settings.steps_per_report,
-        steps_per_eval=settings.steps_per_eval,
+        steps_per_eval=iters + 2,
         steps_per_save=iters + 2,
         max_seq_length=settings.max_seq_length,
         adapter_file=str(outputs.last),
@@ -456,7 +567,7 @@ def run_training(
                 train_dataset=train_set,
                 val_dataset=valid_set,
                 args=args,
-                iterate_batches=_progress_iterator(progress),
+                iterate_batches=_progress_iterator(progress, blas),
                 training_callback=callback,
             )
     except StopTraining as signal:
@@ -473,8 +584,10 @@ def run_training(
     if stopper.best_iteration == 0:
         logger.warning("the best val loss is the untrained model's (iteration 0): the adapter is a no-op; "
                        "check train.learning_rate and the data")
-    plot_losses(callback.rows, outputs.plot, best_iteration=stopper.best_iteration,
-                title=f"Fine-tuning loss ({settings.fine_tune_type}, {Path(model_dir).name})")
+    model_name = f"{prepared.config.get('model_type', 'model')} {prepared.total_params / 1e6:.0f}M"
+    title = f"Fine-tuning loss ({settings.fine_tune_type}, {model_name})"
+    best = stopper.best_iteration
+    plot_losses(callback.rows, outputs.plot, best_iteration=best, batches_per_epoch=per_epoch, title=title)
     val_rows = [row for row in callback.rows if row["kind"] == "val"]
     summary = {
         "settings": settings.as_dict(),
@@ -507,9 +620,11 @@ def run_training(
         "trainable_parameters": prepared.trainable_params,
         "total_parameters": prepared.total_params,
         "blas": BLAS,
+        "blas_threads": {"requested": blas_threads, "start": threads, "end": blas.current,
+                         "changes": blas.changes},
         "device": str(mx.default_device()),
         "platform": platform.platform(),
-        "mlx_version": mx.__version__,
+        "mlx_version": MLX_VERSION,
         "seed": settings.seed,
         "dataset": {"train": train_stats.as_dict(), "valid": valid_stats.as_dict()},
         "train_seconds": round(train_seconds, 2),
@@ -532,10 +647,11 @@ def train_from_config(
     model_dir: str | Path,
     out_dir: str | Path,
     train_config: dict[str, Any],
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Entry point of the Snakemake rule: ``train_config`` is the resolved ``config["train"]``."""
     return run_training(train_path, valid_path, model_dir, TrainOutputs.in_dir(out_dir),
-                        TrainSettings.from_config(train_config))
+                        TrainSettings.from_config(train_config), blas_threads=threads)
 
 
 def read_summary(out_dir: str | Path) -> dict[str, Any]:

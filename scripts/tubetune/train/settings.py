@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from tubetune.errors import ConfigError
@@ -59,19 +59,18 @@ class TrainSettings:
     early_stopping_min_delta: float = 0.0
     max_memory_gb: float | None = None
     keep_eval_checkpoints: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any]) -> TrainSettings:
         """Build from ``config["train"]`` (profile applied, defaults filled); one-line errors."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(train) - known)
         if unknown:
             raise ConfigError(f"config error: unknown train key(s): {', '.join(unknown)}")
         values: dict[str, Any] = {key: train[key] for key in known if key in train}
         if values.get("lora_keys") is not None:
             values["lora_keys"] = tuple(values["lora_keys"])
-        for name in ("alpha", "dropout", "learning_rate", "warmup_ratio", "min_lr_ratio",
+        for name in ("alpha", "dropout", "epochs", "learning_rate", "warmup_ratio", "min_lr_ratio",
                      "weight_decay", "early_stopping_min_delta"):
             if name in values and values[name] is not None:
                 values[name] = float(values[name])
@@ -95,6 +94,11 @@ class TrainSettings:
             raise ConfigError("config error: train.num_layers must be -1 (all layers) or at least 1")
         if self.fine_tune_type != "full" and self.rank < 1:
             raise ConfigError("config error: train.rank must be at least 1")
+        if self.steps_per_eval % self.steps_per_report:
+            raise ConfigError(
+                f"config error: train.steps_per_eval ({self.steps_per_eval}) must be a multiple of "
+                f"train.steps_per_report ({self.steps_per_report})"
+            )
         low, high = LR_RANGE
         if not low <= self.learning_rate <= high:
             logger.warning(
@@ -125,7 +129,6 @@ class TrainSettings:
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.pop("extra")
         if data["lora_keys"] is not None:
             data["lora_keys"] = list(data["lora_keys"])
         return data

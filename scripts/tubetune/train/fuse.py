@@ -1,0 +1,116 @@
+"""Fuse the best adapter into the base model: a plain (de-quantized) model dir in Hugging Face Llama layout.
+
+mlx-lm's own fuse steps (``mlx_lm.fuse.main``): load the base with the adapter, replace every LoRA /
+DoRA layer by its ``fuse(dequantize=True)``, de-quantize what is left, save the weights with
+``mlx_lm.utils.save_model``. Every other file of the base dir (config.json without quantization,
+tokenizer, chat template, generation config) is copied verbatim, so the fused dir differs from the base
+only in its weights (the GGUF exporter and the evaluation read both the same way).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tubetune.blas import ensure_fast_blas
+
+BLAS = ensure_fast_blas()
+
+import mlx.core as mx  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+from mlx_lm import utils as mlx_utils  # noqa: E402
+
+from tubetune.errors import InputFileError  # noqa: E402
+from tubetune.jsonio import read_json, write_json  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# Written here; every other (non-hidden, non-weight) file comes from the base dir.
+FUSED_FILES = {"config.json", "model.safetensors.index.json"}
+
+
+@dataclass(frozen=True)
+class FuseResult:
+    out_dir: Path
+    fused_layers: int
+    dequantized: bool
+    dtype: str
+    parameters: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "fused_layers": self.fused_layers,
+            "dequantized": self.dequantized,
+            "dtype": self.dtype,
+            "parameters": self.parameters,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _copy_base_files(base_dir: Path, out_dir: Path) -> list[str]:
+    """Tokenizer, chat template and generation config of the base, byte for byte."""
+    copied = []
+    for source in sorted(base_dir.iterdir()):
+        hidden = source.name.startswith(".")
+        if hidden or not source.is_file() or source.suffix == ".safetensors" or source.name in FUSED_FILES:
+            continue
+        shutil.copyfile(source, out_dir / source.name)
+        copied.append(source.name)
+    return copied
+
+
+def fuse_adapters(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> FuseResult:
+    """Write ``out_dir``: base + adapter (``adapter_dir/adapters.safetensors``), fused and de-quantized."""
+    started = time.perf_counter()
+    base, adapters, target = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    for needed in (adapters / "adapters.safetensors", adapters / "adapter_config.json", base / "config.json"):
+        if not needed.is_file():
+            raise InputFileError(f"{needed}: missing (run the train rule first)")
+    logger.info("BLAS: %s; fusing %s into %s", BLAS, adapters, base)
+    try:
+        model, _tokenizer, config = mlx_utils.load(  # type: ignore[misc]
+            str(base), adapter_path=str(adapters), return_config=True
+        )
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise InputFileError(f"{adapters}: adapter does not fit the base model {base} ({exc})") from exc
+    fusable = [(name, module) for name, module in model.named_modules() if hasattr(module, "fuse")]
+    fused = [(name, module.fuse(dequantize=True)) for name, module in fusable]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    quantized = "quantization" in config or "quantization_config" in config
+    if quantized:
+        logger.info("base model is quantized: saving the fused model de-quantized")
+        model = mlx_utils.dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    weights = dict(tree_flatten(model.parameters()))
+    dtypes = sorted({str(v.dtype).replace("mlx.core.", "") for v in weights.values()})
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    mlx_utils.save_model(target, model, donate_model=False)
+    copied = _copy_base_files(base, target)
+    base_config = read_json(base / "config.json")
+    for key in ("quantization", "quantization_config"):
+        base_config.pop(key, None)
+    if len(dtypes) == 1:
+        base_config["torch_dtype"] = dtypes[0]
+    write_json(target / "config.json", base_config)
+    result = FuseResult(
+        out_dir=target,
+        fused_layers=len(fused),
+        dequantized=quantized,
+        dtype=",".join(dtypes),
+        parameters=sum(int(v.size) for v in weights.values()),
+        seconds=time.perf_counter() - started,
+    )
+    mx.clear_cache()
+    logger.info("fused %d layers into %s (%s, %.1fM parameters, copied %s) in %.1f s", result.fused_layers,
+                target, result.dtype, result.parameters / 1e6, ", ".join(copied), result.seconds)
+    return result
