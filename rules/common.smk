@@ -158,3 +158,19 @@ def export_model_dir(wildcards):
 
 def eval_gguf(model):
     return f"{R}/export/gguf/{model}-{config['evaluate']['quant']}.gguf"
+
+
+# ---- training (rules/train.smk) ----
+
+from tubetune.train.settings import TrainSettings as _TrainSettings  # noqa: E402
+
+# Cross-key checks (iters vs epochs, ...) fail here, before any job starts.
+try:
+    _TrainSettings.from_config(config["train"])
+except ConfigError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
+
+def train_settings():
+    """The resolved train settings (profile applied, schema defaults filled): the rule's params."""
+    return dict(config["train"])

@@ -1,19 +1,5 @@
 # Steps 8-9: LoRA fine-tune with mlx-lm (metrics, best adapter by val loss), fuse into a model dir.
 
-from tubetune.train.settings import TrainSettings as _TrainSettings  # noqa: E402
-
-# Cross-key checks (iters vs epochs, ...) fail here, before any job starts.
-try:
-    _TrainSettings.from_config(config["train"])
-except ConfigError as _exc:
-    raise WorkflowError(str(_exc)) from None
-
-
-def train_settings():
-    """The resolved train settings (profile applied, schema defaults filled): the rule's params."""
-    return dict(config["train"])
-
-
 rule train:
     input:
         train=f"{R}/dataset/train.jsonl",
@@ -24,7 +10,7 @@ rule train:
         adapter_config=f"{R}/train/adapters/adapter_config.json",
         last=f"{R}/train/adapters/last.safetensors",
         metrics=f"{R}/train/metrics.jsonl",
-        plot=f"{R}/train/loss.png",
+        plot=report(f"{R}/train/loss.png", caption="../report/train_loss.rst", category="Training"),
         summary=f"{R}/train/summary.json",
     params:
         settings=train_settings(),
@@ -33,6 +19,8 @@ rule train:
     benchmark:
         f"{BENCH}/train.tsv"
     threads: workflow.cores or 2
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/train.py"
 
@@ -49,5 +37,7 @@ rule fuse:
     benchmark:
         f"{BENCH}/fuse.tsv"
     threads: workflow.cores or 2
+    conda:
+        "../envs/tubetune.yaml"
     script:
         "../scripts/fuse.py"

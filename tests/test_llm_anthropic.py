@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fake_anthropic import FakeAnthropic, RecordedRequest, error, ok, rate_limited, server_error
 from tubetune.errors import TubetuneError
 from tubetune.llm.backends import BackendError, MissingCredentialsError

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from tubetune.config import validate_config
 from tubetune.errors import ConfigError
 from tubetune.llm.cache import CachedResponse, ResponseCache, entry_path, iter_entries

@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+
 from tubetune.llm.backends import LlamaCppBackend
 from tubetune.llm.cache import iter_entries
 from tubetune.llm.client import InvalidOutputError, LLMClient, LLMResult

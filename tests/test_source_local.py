@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.sources import fetch_transcript_step, list_videos_step
 from tubetune.sources.listing import select_videos

@@ -22,6 +22,10 @@ import pytest
 import requests
 import yt_dlp
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPResponse
+from yt_dlp.networking.exceptions import HTTPError as YtDlpHTTPError
+from yt_dlp.utils import ExtractorError
+
 from tubetune.errors import ConfigError, InputFileError, TubetuneError
 from tubetune.logs import run_step
 from tubetune.sources import fetch_transcript_step, list_videos_step
@@ -38,9 +42,6 @@ from tubetune.sources.youtube import (
     parse_json3,
     pick_caption_track,
 )
-from urllib3 import HTTPResponse
-from yt_dlp.networking.exceptions import HTTPError as YtDlpHTTPError
-from yt_dlp.utils import ExtractorError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "youtube"
 LISTING = FIXTURES / "channel_flat.json"

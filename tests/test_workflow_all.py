@@ -56,9 +56,12 @@ def test_all_writes_every_artefact(all_run: Path) -> None:
 def test_exported_gguf_answers_in_llama_cpp(all_run: Path) -> None:
     llm = Llama(str(all_run / "results/export/gguf/tuned-q8_0.gguf"), n_ctx=512, n_threads=1, verbose=False)
     out = llm.create_chat_completion(
-        messages=[{"role": "user", "content": "How long do I preheat the dutch oven?"}], max_tokens=16, temperature=0
+        messages=[{"role": "user", "content": "How long do I preheat the dutch oven?"}],
+        max_tokens=16,
+        temperature=0,
     )
-    assert out["choices"][0]["message"]["content"].strip()
+    assert isinstance(out, dict)
+    assert str(out["choices"][0]["message"]["content"] or "").strip()
 
 
 def test_all_rerun_is_a_no_op(all_run: Path) -> None:

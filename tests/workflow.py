@@ -14,7 +14,17 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "rules", "scripts", "config.yaml", "config.schema.yaml", "data", "profiles", "report", "envs")
+COPIED = (
+    "Snakefile",
+    "rules",
+    "scripts",
+    "config.yaml",
+    "config.schema.yaml",
+    "data",
+    "profiles",
+    "report",
+    "envs",
+)
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
