@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ logger = logging.getLogger("train_speed")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SYSTEMS = ("ours", "stock", "peft")
+SETTING_KEYS = ("batch_size", "seq_len", "rank", "alpha", "num_layers", "threads", "iters", "warmup",
+                "stock_iters", "repeats")
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -272,15 +275,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{settings['threads']} threads; {report['machine']}; load average before/after "
         f"{report['load_before']} / {report['load_after']}.",
         "",
-        "| system | tokens/s | ours / system | timed steps | BLAS |",
-        "|---|---:|---:|---:|---|",
+        "| system | tokens/s (median) | ours / system | runs (tokens/s) | load avg before each | BLAS |",
+        "|---|---:|---:|---|---|---|",
     ]
     ours = report["results"].get("ours", {}).get("tokens_per_second")
     for name, result in report["results"].items():
         speed = result["tokens_per_second"]
         ratio = f"{ours / speed:.2f}" if ours and name != "ours" else ""
-        steps, blas = result["timed_steps"], result.get("blas", "")
-        lines.append(f"| {name} | {speed:.1f} | {ratio} | {steps} | {blas} |")
+        each = ", ".join(f"{value:.1f}" for value in result["runs_tokens_per_second"])
+        loads = ", ".join(f"{value:.2f}" for value in result["runs_load_before"])
+        lines.append(f"| {name} | {speed:.1f} | {ratio} | {each} | {loads} | {result.get('blas', '')} |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -299,6 +303,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--num-layers", type=int, default=-1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of ours and peft")
     parser.add_argument("--skip", default="", help="comma-separated systems to skip: stock,peft,ours")
     parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -320,20 +325,31 @@ def main() -> None:
         count = build_bench_dataset(rows, model_dir, data, args.seq_len, args.batch_size * 8)
         logger.info("bench dataset: %d examples of > %d tokens from %s", count, args.seq_len, source)
         load_before = round(os.getloadavg()[0], 2)
-        results: dict[str, Any] = {}
         runners = {"ours": run_ours, "stock": run_stock, "peft": run_peft}
-        for name in SYSTEMS:
-            if name in skip:
-                continue
-            logger.info("running %s", name)
-            results[name] = runners[name](args, model_dir, data, work)
-            logger.info("%s: %.1f tokens/s", name, results[name]["tokens_per_second"])
+        runs: dict[str, list[dict[str, Any]]] = {}
+        # ours and peft alternate --repeats times (the median is reported), stock runs once: a busy
+        # machine slows multi-threaded BLAS a lot, so alternating keeps the comparison fair.
+        for repeat in range(args.repeats):
+            for name in SYSTEMS:
+                if name in skip or (name == "stock" and repeat > 0):
+                    continue
+                logger.info("running %s (%d/%d)", name, repeat + 1, args.repeats)
+                load = round(os.getloadavg()[0], 2)
+                result = runners[name](args, model_dir, data, work)
+                result["load_before"] = load
+                runs.setdefault(name, []).append(result)
+                logger.info("%s: %.1f tokens/s (load average %.2f)", name, result["tokens_per_second"], load)
+        results: dict[str, Any] = {}
+        for name, measured in runs.items():
+            speeds = sorted(run["tokens_per_second"] for run in measured)
+            results[name] = {**measured[0], "tokens_per_second": statistics.median(speeds),
+                             "runs_tokens_per_second": [round(r["tokens_per_second"], 1) for r in measured],
+                             "runs_load_before": [r["load_before"] for r in measured]}
         ours = results.get("ours", {}).get("tokens_per_second")
         report = {
             "model": str(model_dir),
             "data": source,
-            "settings": {k: getattr(args, k) for k in ("batch_size", "seq_len", "rank", "alpha", "num_layers",
-                                                       "threads", "iters", "warmup", "stock_iters")},
+            "settings": {k: getattr(args, k) for k in SETTING_KEYS},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "load_before": load_before,
             "load_after": round(os.getloadavg()[0], 2),

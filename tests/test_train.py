@@ -369,6 +369,26 @@ def test_real_run_summary_plot_and_adapter_config(trained: dict[str, Any]) -> No
 
 
 @pytest.mark.slow
+def test_val_loss_is_measured_like_the_test_loss(trained: dict[str, Any], base_model_dir: Path,
+                                                  chat_dataset_dir: Path) -> None:
+    """Iteration 0 (no-op adapter) scores the base model on valid.jsonl exactly as evaluate does."""
+    from mlx_lm import load
+
+    from tubetune.evaluate.loss import dataset_loss
+    from tubetune.jsonio import read_jsonl
+
+    val = [row for row in read_rows(trained["outputs"].metrics) if row["kind"] == "val"]
+    loaded = load(str(base_model_dir))
+    model, tokenizer = loaded[0], loaded[1]
+    rows = read_jsonl(chat_dataset_dir / "valid.jsonl")
+    settings = trained["settings"]
+    expected = dataset_loss(model, tokenizer, rows, batch_size=settings.batch_size,
+                            max_seq_length=settings.max_seq_length)
+    # mlx-lm's default loss also scores one padding token per example and would differ by ~0.1-0.8
+    assert val[0]["val_loss"] == pytest.approx(expected.loss, abs=2e-4)
+
+
+@pytest.mark.slow
 def test_fused_model_matches_base_plus_best_adapter(
     trained: dict[str, Any], base_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -50,20 +50,35 @@ def per_example_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx
     of a row is scored when ``offset <= t < length``; with ``offset = 0`` every token after the
     first is scored (the unmasked loss).
     """
-    inputs = batch[:, :-1]
-    targets = batch[:, 1:]
-    logits = model(inputs).astype(mx.float32)
-    steps = mx.arange(1, targets.shape[1] + 1)  # index of each target in the un-shifted row
-    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
-    ce = nn.losses.cross_entropy(logits, targets) * mask
+    ce, mask = _masked_cross_entropy(model, batch, lengths, upcast=True)
     return ce.sum(axis=1), mask.sum(axis=1)
 
 
+def _masked_cross_entropy(
+    model: Any, batch: mx.array, lengths: mx.array, *, upcast: bool
+) -> tuple[mx.array, mx.array]:
+    inputs = batch[:, :-1]
+    targets = batch[:, 1:]
+    logits = model(inputs)
+    if upcast:
+        logits = logits.astype(mx.float32)
+    steps = mx.arange(1, targets.shape[1] + 1)  # index of each target in the un-shifted row
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(logits, targets).astype(mx.float32) * mask
+    return ce, mask
+
+
 def masked_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
-    """Drop-in replacement for ``mlx_lm.tuner.trainer.default_loss`` without the padding target."""
-    ce_sum, ntoks = per_example_loss(model, batch, lengths)
-    total = ntoks.sum()
-    return ce_sum.sum() / total, total
+    """Drop-in replacement for ``mlx_lm.tuner.trainer.default_loss`` without the padding target.
+
+    The train rule passes it as ``loss=`` to mlx-lm's ``train()``, so the validation loss that picks
+    the best adapter is measured exactly like the test loss of the evaluate rule. Like
+    ``default_loss`` it keeps the logits in the model's dtype (a float32 copy of ``[B, T, vocab]``
+    costs 0.5 GB per 1,024 tokens of Llama 3 on a 16 GB Mac); the cross-entropy is summed in float32.
+    """
+    ce, mask = _masked_cross_entropy(model, batch, lengths, upcast=False)
+    total = mask.sum()
+    return ce.sum() / total, total
 
 
 def iterate_eval_batches(

@@ -42,6 +42,7 @@ from mlx_lm.tuner import utils as tuner_utils  # noqa: E402
 from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
 
 from tubetune.errors import ConfigError, InputFileError  # noqa: E402
+from tubetune.evaluate.loss import masked_loss  # noqa: E402
 from tubetune.jsonio import read_json, read_jsonl, write_json  # noqa: E402
 from tubetune.train.callback import EarlyStopping, MetricsCallback, StopTraining  # noqa: E402
 from tubetune.train.memory import (  # noqa: E402
@@ -522,6 +523,7 @@ def run_training(
             batch_size=settings.batch_size,
             num_batches=settings.val_batches,
             max_seq_length=settings.max_seq_length,
+            loss=masked_loss,
         ))
         model.train()
         return loss
@@ -567,6 +569,7 @@ def run_training(
                 train_dataset=train_set,
                 val_dataset=valid_set,
                 args=args,
+                loss=masked_loss,
                 iterate_batches=_progress_iterator(progress, blas),
                 training_callback=callback,
             )
@@ -613,6 +616,7 @@ def run_training(
         "iterations_run": iterations_run,
         "early_stopped": early_stopped,
         "tokens_per_second_mean": callback.mean_tokens_per_second,
+        "tokens_counted": "answer tokens (prompt masked)" if settings.mask_prompt else "all but padding",
         "trained_tokens": int(callback.train_tokens),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
         "memory_estimate_gb": estimate.as_dict(),

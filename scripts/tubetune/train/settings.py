@@ -94,6 +94,12 @@ class TrainSettings:
             raise ConfigError("config error: train.num_layers must be -1 (all layers) or at least 1")
         if self.fine_tune_type != "full" and self.rank < 1:
             raise ConfigError("config error: train.rank must be at least 1")
+        if self.iters is not None and self.iters % self.grad_accumulation_steps:
+            logger.warning(
+                "train.iters %d is not a multiple of train.grad_accumulation_steps %d: the last %d batches "
+                "add no optimizer update", self.iters, self.grad_accumulation_steps,
+                self.iters % self.grad_accumulation_steps,
+            )
         if self.steps_per_eval % self.steps_per_report:
             raise ConfigError(
                 f"config error: train.steps_per_eval ({self.steps_per_eval}) must be a multiple of "
