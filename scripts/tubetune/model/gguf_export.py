@@ -29,6 +29,7 @@ from tubetune.errors import ConfigError, InputFileError
 from tubetune.model.gguf_convert import (
     LLAMA3_PATTERN,
     SUPPORTED_PRE,
+    LlamaShape,
     hf_to_gguf_name,
     permute_rotary,
 )
@@ -73,22 +74,11 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class LlamaDirConfig:
-    """The parts of a Hugging Face Llama config.json a GGUF needs."""
+class LlamaDirConfig(LlamaShape):
+    """The parts of a Hugging Face Llama config.json a GGUF needs (the shape the GGUF import reads,
+    plus the MLX quantization of the weights, if any)."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    context_length: int
-    tie_word_embeddings: bool
-    rope_scaling: dict[str, Any] | None
-    quantization: dict[str, Any] | None
+    quantization: dict[str, Any] | None = None
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> LlamaDirConfig:
