@@ -1,7 +1,8 @@
 # tubetune: a YouTube channel into a small fine-tuned language model, with evaluation.
 #   snakemake --cores 1 dataset   channel -> reviewed Q&A -> train/valid/test chat JSONL
-#   snakemake --cores 1 train     ... -> best LoRA adapter with metrics (the rule in rules/train.smk)
-#   snakemake --cores 1 all       ... -> fused model, HF + GGUF exports, evaluation report
+#   snakemake --cores 1 train     ... -> one LoRA run per sweep point (results/train/<run>/, the best
+#                                     adapter of each by val loss) and their ranking (results/sweep/)
+#   snakemake --cores 1 all       ... -> the winning run fused, HF + GGUF exports, evaluation report
 
 from snakemake.utils import min_version
 
@@ -17,6 +18,7 @@ include: "rules/generate.smk"
 include: "rules/dataset.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
+include: "rules/manifest.smk"
 include: "rules/export.smk"
 include: "rules/evaluate.smk"
 
@@ -24,6 +26,7 @@ include: "rules/evaluate.smk"
 localrules:
     all,
     dataset,
+    train,
 
 
 rule all:
@@ -35,3 +38,8 @@ rule all:
 rule dataset:
     input:
         dataset_outputs(),
+
+
+rule train:
+    input:
+        train_outputs(),

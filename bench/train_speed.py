@@ -58,7 +58,7 @@ SETTING_KEYS = ("batch_size", "seq_len", "rank", "alpha", "num_layers", "threads
 def ensure_model(model: Path | None, work: Path) -> Path:
     """``--model``, else results/model/base, else the bundled GGUF converted (float32) under ``work``."""
     if model is not None:
-        return model
+        return model.resolve()
     default = ROOT / "results" / "model" / "base"
     if (default / "config.json").is_file():
         return default

@@ -1,5 +1,6 @@
 # Shared setup: config validation, paths and input functions used by every rule file.
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,58 @@ except ConfigError as _exc:
 R = "results"
 LOGS = "logs"
 BENCH = f"{R}/benchmarks"
+
+
+# ---- code versions: reruns when the Python code behind a rule changes ----
+# Snakemake watches a rule's script file, not the modules that script imports from scripts/tubetune.
+# code_version() hashes those modules' source files at parse time; as a ``code=`` param it makes an
+# edit to them rerun the rule ("Params have changed since last execution").
+# Not on the LLM rules (extract_questions, answer_questions): their requests are cached by content, so
+# rerunning them on a code edit would only replay the cache; a code edit that changes what is sent to
+# the model changes the request keys, and the next run of the rule picks that up.
+
+
+def code_version(*modules):
+    """Short SHA-256 of the source of tubetune modules or subpackages ("dataset", "model.base", "train")."""
+    import hashlib
+
+    root = Path(workflow.basedir) / "scripts" / "tubetune"
+    digest = hashlib.sha256()
+    for module in modules:
+        path = root.joinpath(*module.split("."))
+        if path.is_dir():
+            files = sorted(  # the package's modules and data files (e.g. report templates)
+                f for f in path.rglob("*")
+                if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+            )
+        elif path.with_suffix(".py").is_file():
+            files = [path.with_suffix(".py")]
+        else:
+            raise WorkflowError(f"code_version: no module tubetune.{module} in {root}")
+        for file in files:
+            for part in (file.relative_to(root).as_posix().encode(), file.read_bytes()):
+                digest.update(part)
+                digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+# The modules behind each heavy, non-LLM rule; errors, jsonio and logs are left out, since editing a
+# message should not retrain a model.
+CODE_VERSIONS = {
+    "build_dataset": code_version("dataset", "dedup", "chunking"),
+    "base_model": code_version("model.base", "model.gguf_convert"),
+    "train_run": code_version(
+        "train.runner", "train.callback", "train.memory", "train.plot", "train.settings", "train.target_loss",
+        "evaluate.loss",
+    ),
+    "test_loss": code_version("train.test_loss", "evaluate.loss"),
+    "compare": code_version("train.compare", "train.sweep"),
+    "fuse": code_version("train.fuse"),
+    "export_hf": code_version("model.hf_export", "model.base"),
+    "export_gguf": code_version("model.gguf_export", "model.gguf_convert", "model.hf_export"),
+    "modelfile": code_version("model.modelfile"),
+    "evaluate": code_version("evaluate"),
+}
 
 
 wildcard_constraints:
@@ -62,11 +115,10 @@ def dataset_outputs():
 
 
 def train_outputs():
-    return dataset_outputs() + [
-        f"{R}/train/adapters/adapters.safetensors",
-        f"{R}/train/metrics.jsonl",
-        f"{R}/train/loss.png",
-    ]
+    """The train target: every sweep run's adapter, metrics and plot, and the sweep comparison."""
+    return dataset_outputs() + run_files(
+        "adapters/adapters.safetensors", "metrics.jsonl", "loss.png", *TRAIN_TARGET_EXTRA
+    ) + compare_outputs()
 
 
 def all_outputs():
@@ -151,7 +203,14 @@ EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
 
 
 def export_model_dir(wildcards):
+    if wildcards.model == "tuned":
+        after_compare()
     return EXPORT_MODEL_DIRS[wildcards.model]
+
+
+def tuned_modelfile_gguf(wildcards):
+    after_compare()
+    return f"{R}/export/gguf/tuned-{config['export']['ollama_quant']}.gguf"
 
 
 # ---- evaluation (rules/evaluate.smk) ----
@@ -162,15 +221,104 @@ def eval_gguf(model):
 
 # ---- training (rules/train.smk) ----
 
-from tubetune.train.settings import TrainSettings as _TrainSettings  # noqa: E402
+from tubetune.train.sweep import sweep_runs as _sweep_runs  # noqa: E402
 
-# Cross-key checks (iters vs epochs, ...) fail here, before any job starts.
+# Run name -> the full train settings of that run (the sweep over the resolved train section; without
+# a sweep one run, "default"). Cross-key checks (iters vs epochs, ...) of every run fail here, before
+# any job starts.
 try:
-    _TrainSettings.from_config(config["train"])
+    SWEEP_RUNS = _sweep_runs(config)
 except ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None
 
+RUN_NAMES = list(SWEEP_RUNS)
 
-def train_settings():
-    """The resolved train settings (profile applied, schema defaults filled): the rule's params."""
-    return dict(config["train"])
+# Per-run files the train target asks for besides adapter, metrics and plot (rules/manifest.smk adds
+# manifest.json when it is included).
+TRAIN_TARGET_EXTRA = []
+
+
+wildcard_constraints:
+    run="|".join(re.escape(name) for name in RUN_NAMES),
+
+
+def run_train_settings(wildcards):
+    """The train settings of one run (profile applied, defaults filled, sweep point applied): its params."""
+    return dict(SWEEP_RUNS[wildcards.run])
+
+
+def run_files(*names):
+    """``results/train/<run>/<name>`` for every run and every name."""
+    return [f"{R}/train/{run}/{name}" for run in RUN_NAMES for name in names]
+
+
+def compare_outputs():
+    return [
+        f"{R}/sweep/ranking.md",
+        f"{R}/sweep/ranking.json",
+        f"{R}/sweep/loss_curves.png",
+        f"{R}/sweep/winner.json",
+    ]
+
+
+def test_loss_settings():
+    """The evaluate settings the per-run test loss uses (no others, so they alone rerun it); with
+    evaluate.max_examples it scores the same first examples as the evaluate rule."""
+    keys = ("loss_batch_size", "loss_max_seq_length", "max_examples")
+    return {key: config["evaluate"][key] for key in keys}
+
+
+def winner_run():
+    """Name of the run the compare checkpoint picked (re-evaluated once it has run)."""
+    import json
+
+    with open(checkpoints.compare.get().output.winner, encoding="utf-8") as handle:
+        return json.load(handle)["run"]
+
+
+WINNER_FILES = {
+    "adapters": "adapters/adapters.safetensors",
+    "adapter_config": "adapters/adapter_config.json",
+    "summary": "summary.json",
+    "loss_png": "loss.png",
+}
+
+
+def winner_file(name):
+    """Input function: one file of the winning run. winner.json itself is not an input, so a new point
+    that does not win leaves fuse / export / evaluate alone; a new winner changes these paths."""
+
+    def inputs(wildcards):
+        return f"{R}/train/{winner_run()}/{WINNER_FILES[name]}"
+
+    return inputs
+
+
+def after_compare():
+    """Make the calling job wait for the compare checkpoint (its input function only *reads* winner.json).
+
+    Snakemake 9 keeps the rerun reason a job got before a checkpoint ran unless the job itself depends
+    on that checkpoint (only those jobs are rebuilt afterwards). Every job downstream of fuse calls this,
+    so when a new sweep point does not win, fuse (unchanged inputs) and all after it stay up to date;
+    without it the tuned GGUF export, the Modelfile and the evaluation would rerun on stale reasons.
+    """
+    winner_run()
+
+
+def winner_param(wildcards):
+    """The winning run's name, a param of fuse / export_hf / evaluate (the card and report name it)."""
+    return winner_run()
+
+
+# ---- manifest (rules/manifest.smk) ----
+
+WORKFLOW_DIR = str(Path(workflow.basedir).resolve())
+
+
+def manifest_config(wildcards):
+    """The resolved config (validated, defaults filled) as this run saw it: ``train`` = the run's
+    settings, the sweep lists emptied. Other points of the sweep are not part of it, so adding a point
+    does not rerun the manifests of the runs that exist."""
+    from tubetune.manifest import reproduce_config
+
+    return reproduce_config(config, SWEEP_RUNS[wildcards.run])

@@ -20,6 +20,7 @@ rule build_dataset:
         lengths=f"{R}/dataset/lengths.png",
     params:
         dataset=config["dataset"],
+        code=CODE_VERSIONS["build_dataset"],
     log:
         f"{LOGS}/build_dataset.log",
     conda:

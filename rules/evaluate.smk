@@ -10,8 +10,8 @@ rule evaluate:
         tuned_gguf=eval_gguf("tuned"),
         base_model=f"{R}/model/base",
         tuned_model=f"{R}/fused",
-        loss_png=f"{R}/train/loss.png",
-        summary=f"{R}/train/summary.json",
+        loss_png=winner_file("loss_png"),
+        summary=winner_file("summary"),
     output:
         metrics=report(
             f"{R}/eval/metrics.json",
@@ -26,6 +26,8 @@ rule evaluate:
         answers=f"{R}/eval/answers.jsonl",
     params:
         settings=dict(config["evaluate"]),
+        run=winner_param,
+        code=CODE_VERSIONS["evaluate"],
     log:
         f"{LOGS}/evaluate.log",
     benchmark:

@@ -11,13 +11,15 @@ rule export_hf:
     input:
         model=f"{R}/fused",
         stats=f"{R}/dataset/stats.json",
-        summary=f"{R}/train/summary.json",
+        summary=winner_file("summary"),
     output:
         directory(f"{R}/export/hf"),
     params:
         dtype=config["export"]["hf_dtype"],
         base=config["model"]["base"],
         channel=config["source"]["channel"],
+        run=winner_param,
+        code=CODE_VERSIONS["export_hf"],
     log:
         f"{LOGS}/export_hf.log",
     benchmark:
@@ -36,6 +38,7 @@ rule export_gguf:
     params:
         tokenizer_pre=config["export"]["gguf_tokenizer_pre"],
         base=config["model"]["base"],
+        code=CODE_VERSIONS["export_gguf"],
     log:
         f"{LOGS}/export_gguf/{{model}}-{{qtype}}.log",
     benchmark:
@@ -48,13 +51,14 @@ rule export_gguf:
 
 rule modelfile:
     input:
-        gguf=f"{R}/export/gguf/tuned-{config['export']['ollama_quant']}.gguf",
+        gguf=tuned_modelfile_gguf,
         stats=f"{R}/dataset/stats.json",
     output:
         f"{R}/export/gguf/Modelfile",
     params:
         system=config["export"]["ollama_system"],
         parameters=dict(config["export"]["ollama_parameters"]),
+        code=CODE_VERSIONS["modelfile"],
     log:
         f"{LOGS}/modelfile.log",
     conda:

@@ -10,6 +10,7 @@ rule base_model:
     params:
         source=BASE_SOURCE.describe(),
         settings=dict(config["model"]),
+        code=CODE_VERSIONS["base_model"],
     log:
         f"{LOGS}/base_model.log",
     benchmark:

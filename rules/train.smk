@@ -1,23 +1,30 @@
-# Steps 8-9: LoRA fine-tune with mlx-lm (metrics, best adapter by val loss), fuse into a model dir.
+# Steps 8-9: LoRA fine-tune with mlx-lm, one run per sweep point (metrics, best adapter by val loss),
+# the test loss of each run, the comparison that picks the winner, and fusing the winner into a model dir.
 
-rule train:
+rule train_run:
     input:
         train=f"{R}/dataset/train.jsonl",
         valid=f"{R}/dataset/valid.jsonl",
         base=f"{R}/model/base",
     output:
-        adapters=f"{R}/train/adapters/adapters.safetensors",
-        adapter_config=f"{R}/train/adapters/adapter_config.json",
-        last=f"{R}/train/adapters/last.safetensors",
-        metrics=f"{R}/train/metrics.jsonl",
-        plot=report(f"{R}/train/loss.png", caption="../report/train_loss.rst", category="Training"),
-        summary=f"{R}/train/summary.json",
+        adapters=f"{R}/train/{{run}}/adapters/adapters.safetensors",
+        adapter_config=f"{R}/train/{{run}}/adapters/adapter_config.json",
+        last=f"{R}/train/{{run}}/adapters/last.safetensors",
+        metrics=f"{R}/train/{{run}}/metrics.jsonl",
+        plot=report(
+            f"{R}/train/{{run}}/loss.png",
+            caption="../report/train_loss.rst",
+            category="Training",
+            subcategory="{run}",
+        ),
+        summary=f"{R}/train/{{run}}/summary.json",
     params:
-        settings=train_settings(),
+        settings=run_train_settings,
+        code=CODE_VERSIONS["train_run"],
     log:
-        f"{LOGS}/train.log",
+        f"{LOGS}/train/{{run}}.log",
     benchmark:
-        f"{BENCH}/train.tsv"
+        f"{BENCH}/train/{{run}}.tsv"
     threads: workflow.cores or 2
     conda:
         "../envs/tubetune.yaml"
@@ -25,13 +32,57 @@ rule train:
         "../scripts/train.py"
 
 
+rule test_loss:
+    input:
+        test=f"{R}/dataset/test.jsonl",
+        base=f"{R}/model/base",
+        adapters=f"{R}/train/{{run}}/adapters/adapters.safetensors",
+        adapter_config=f"{R}/train/{{run}}/adapters/adapter_config.json",
+    output:
+        f"{R}/train/{{run}}/test_loss.json",
+    params:
+        settings=test_loss_settings(),
+        code=CODE_VERSIONS["test_loss"],
+    log:
+        f"{LOGS}/test_loss/{{run}}.log",
+    threads: workflow.cores or 2
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/test_loss.py"
+
+
+checkpoint compare:
+    input:
+        summaries=run_files("summary.json"),
+        metrics=run_files("metrics.jsonl"),
+        test_losses=run_files("test_loss.json"),
+    output:
+        ranking=report(f"{R}/sweep/ranking.md", caption="../report/sweep_ranking.rst", category="Training"),
+        ranking_json=f"{R}/sweep/ranking.json",
+        plot=report(f"{R}/sweep/loss_curves.png", caption="../report/sweep_loss_curves.rst", category="Training"),
+        winner=f"{R}/sweep/winner.json",
+    params:
+        runs=RUN_NAMES,
+        code=CODE_VERSIONS["compare"],
+    log:
+        f"{LOGS}/compare.log",
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/compare.py"
+
+
 rule fuse:
     input:
         base=f"{R}/model/base",
-        adapters=f"{R}/train/adapters/adapters.safetensors",
-        adapter_config=f"{R}/train/adapters/adapter_config.json",
+        adapters=winner_file("adapters"),
+        adapter_config=winner_file("adapter_config"),
     output:
         directory(f"{R}/fused"),
+    params:
+        run=winner_param,
+        code=CODE_VERSIONS["fuse"],
     log:
         f"{LOGS}/fuse.log",
     benchmark:

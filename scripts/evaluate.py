@@ -23,6 +23,10 @@ outputs = EvalOutputs(
 run_step(
     snakemake.log[0],
     lambda: evaluate(
-        inputs, outputs, EvalSettings.from_mapping(snakemake.params.settings), threads=snakemake.threads
+        inputs,
+        outputs,
+        EvalSettings.from_mapping(snakemake.params.settings),
+        threads=snakemake.threads,
+        run=snakemake.params.run,
     ),
 )

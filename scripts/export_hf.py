@@ -13,5 +13,6 @@ run_step(
         snakemake.input.summary,
         snakemake.params.base,
         snakemake.params.channel,
+        snakemake.params.run,
     ),
 )

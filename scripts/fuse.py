@@ -10,6 +10,9 @@ from tubetune.train.fuse import fuse_adapters
 run_step(
     snakemake.log[0],
     lambda: fuse_adapters(
-        snakemake.input.base, os.path.dirname(snakemake.input.adapters), snakemake.output[0]
+        snakemake.input.base,
+        os.path.dirname(snakemake.input.adapters),
+        snakemake.output[0],
+        run=snakemake.params.run,
     ),
 )

@@ -546,8 +546,8 @@ def test_modelfile_errors_and_unknown_templates(tmp_path: Path) -> None:
 def test_model_rules_in_real_snakemake(base_model_dir: Path, tmp_path: Path) -> None:
     """base_model + export_gguf + export_hf + modelfile through Snakemake; reruns follow model.* params.
 
-    results/fused, stats.json and summary.json are placed by hand (the train half is tested elsewhere);
-    --allowed-rules keeps Snakemake from trying to rebuild them.
+    results/fused, stats.json, the run's summary.json and the sweep's winner.json are placed by hand (the
+    train half is tested elsewhere); --allowed-rules keeps Snakemake from trying to rebuild them.
     """
     from workflow import copy_workflow, dry_run_jobs, edit_config, snakemake
 
@@ -556,8 +556,10 @@ def test_model_rules_in_real_snakemake(base_model_dir: Path, tmp_path: Path) -> 
     shutil.copytree(base_model_dir, results / "fused")
     (results / "dataset").mkdir(parents=True)
     (results / "dataset" / "stats.json").write_text(json.dumps(STATS))
-    (results / "train").mkdir(parents=True)
-    (results / "train" / "summary.json").write_text(json.dumps(SUMMARY))
+    (results / "train" / "default").mkdir(parents=True)
+    (results / "train" / "default" / "summary.json").write_text(json.dumps(SUMMARY))
+    (results / "sweep").mkdir()
+    (results / "sweep" / "winner.json").write_text(json.dumps({"run": "default"}))  # the compare checkpoint
     edit_config(workdir, model={"check_tokens": 8})
     rules = ["--allowed-rules", "base_model", "export_gguf", "export_hf", "modelfile", "--"]
     targets = ["results/export/gguf/base-q8_0.gguf", "results/export/gguf/Modelfile", "results/export/hf"]

@@ -102,8 +102,11 @@ def test_callback_appends_metric_rows_as_they_happen(tmp_path: Path) -> None:
 
 
 def test_callback_writes_null_for_nan_loss(tmp_path: Path) -> None:
+    from tubetune.train.callback import TrainingDiverged
+
     callback, recorder = make_callback(tmp_path)
-    callback.on_val_loss_report({"iteration": 0, "val_loss": float("nan"), "val_time": 1.0})
+    with pytest.raises(TrainingDiverged):  # a NaN loss stops training (tests/test_callback_guards.py)
+        callback.on_val_loss_report({"iteration": 0, "val_loss": float("nan"), "val_time": 1.0})
     row = read_rows(tmp_path / "metrics.jsonl")[0]
     assert row["val_loss"] is None and row["is_best"] is False
     assert recorder.best == []
@@ -360,6 +363,7 @@ def test_real_run_summary_plot_and_adapter_config(trained: dict[str, Any]) -> No
     assert on_disk["seed"] == 3
     assert on_disk["dataset"]["train"]["examples"] == 48 and on_disk["dataset"]["valid"]["examples"] == 8
     assert on_disk["tokens_per_second_mean"] > 0 and on_disk["peak_memory_gb"] > 0
+    assert on_disk["train_loss_function"] == "target_loss"  # SmolLM2 is a llama: logits at targets only
     assert on_disk["final_train_loss"] == summary["final_train_loss"]
     assert "BLAS" in on_disk["blas"] or "Accelerate" in on_disk["blas"]
     assert outputs.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -30,10 +30,14 @@ def all_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_all_writes_every_artefact(all_run: Path) -> None:
     results = all_run / "results"
     for path in (
-        "train/adapters/adapters.safetensors",
-        "train/metrics.jsonl",
-        "train/loss.png",
-        "train/summary.json",
+        "train/default/adapters/adapters.safetensors",
+        "train/default/metrics.jsonl",
+        "train/default/loss.png",
+        "train/default/summary.json",
+        "train/default/test_loss.json",
+        "sweep/ranking.md",
+        "sweep/loss_curves.png",
+        "sweep/winner.json",
         "fused/config.json",
         "export/hf/config.json",
         "export/hf/README.md",
@@ -43,7 +47,7 @@ def test_all_writes_every_artefact(all_run: Path) -> None:
         "eval/metrics.json",
         "eval/report.html",
         "eval/answers.jsonl",
-        "benchmarks/train.tsv",
+        "benchmarks/train/default.tsv",
         "benchmarks/evaluate.tsv",
     ):
         assert (results / path).is_file(), path
@@ -70,10 +74,28 @@ def test_all_rerun_is_a_no_op(all_run: Path) -> None:
     assert "Nothing to be done" in run.output
 
 
+def test_train_writes_the_run_manifest(all_run: Path) -> None:
+    """rules/manifest.smk: the run's manifest.json, and a config.yaml that reruns nothing (same run)."""
+    run_dir = all_run / "results" / "train" / "default"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("schema_version", "run", "created_at", "train", "config", "config_sha256", "train_settings",
+                "train_settings_sha256", "seeds", "git", "versions", "platform", "blas", "files", "results"):
+        assert key in manifest, key
+    assert manifest["run"] == "default" and manifest["train_settings"]["profile"] == "tiny-test"
+    assert manifest["train"]["started_at"] and manifest["train"]["ended_at"]
+    assert manifest["git"]["commit"] is None and manifest["git"]["reason"]  # the temp copy is no checkout
+    assert set(manifest["files"]["dataset"]) == {"train", "valid", "test", "stats"}
+    assert "model.safetensors" in manifest["files"]["base_model"]["files"]
+    assert [row["iteration"] for row in manifest["results"]["val_losses"]][:2] == [0, 2]
+    run = snakemake(all_run, "-n", "train", "--configfile", "results/train/default/config.yaml")
+    assert run.returncode == 0, run.output
+    assert "Nothing to be done" in run.output
+
+
 def test_train_change_reruns_training_and_after_with_zero_llm_steps(all_run: Path) -> None:
     edit_config(all_run, train={"learning_rate": 5.0e-4})
     run = snakemake(all_run, "-n", "all")
     assert run.returncode == 0, run.output
     assert "rule extract_questions" not in run.output and "rule answer_questions" not in run.output
-    for rule in ("train", "fuse", "export_gguf", "evaluate"):
+    for rule in ("train_run", "fuse", "export_gguf", "evaluate"):
         assert f"rule {rule}:" in run.output, rule

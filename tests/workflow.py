@@ -103,3 +103,41 @@ def dry_run_reasons(run: Run) -> dict[str, set[str]]:
         elif rule and line.strip().startswith("reason:"):
             reasons.setdefault(rule, set()).add(line.strip()[len("reason:") :].strip())
     return reasons
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a Snakemake run or dry-run: its rule, wildcards and reason."""
+
+    rule: str
+    wildcards: dict[str, str]
+    reason: str
+
+
+def run_jobs(run: Run) -> list[Job]:
+    """Every job block of a run's or dry-run's output (``rule X:`` ... ``wildcards:`` ... ``reason:``)."""
+    jobs: list[Job] = []
+    rule: str | None = None
+    fields: dict[str, str] = {}
+
+    def close() -> None:
+        if rule is not None:
+            wildcards = dict(
+                part.split("=", 1) for part in fields.get("wildcards", "").split(", ") if "=" in part
+            )
+            jobs.append(Job(rule, wildcards, fields.get("reason", "")))
+
+    for line in run.output.splitlines():
+        match = re.match(r"^(?:localrule|rule|checkpoint|localcheckpoint) (\w+):\s*$", line)
+        if match:
+            close()
+            rule, fields = match.group(1), {}
+            continue
+        field_match = re.match(r"^\s+(\w+): (.*)$", line)
+        if rule is not None and field_match:
+            fields[field_match.group(1)] = field_match.group(2).strip()
+        elif rule is not None and not line.startswith((" ", "\t")):
+            close()
+            rule = None
+    close()
+    return jobs

@@ -60,7 +60,16 @@ def _describe(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> s
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
             parts.append(f"unknown key '{full}'{hint}")
         return "; ".join(parts)
-    return f"{where}: {error.message}"
+    hint = ""
+    expects_number = "number" in str(error.validator_value)
+    if error.validator == "type" and isinstance(error.instance, str) and expects_number:
+        try:
+            float(error.instance)
+        except ValueError:
+            pass
+        else:  # PyYAML (YAML 1.1) reads 1e-4 as text; 1.0e-4 is a number
+            hint = " (quoted, or YAML read it as text: YAML needs a dot in 1.0e-4, not 1e-4)"
+    return f"{where}: {error.message}{hint}"
 
 
 def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -> MutableMapping[str, Any]:

@@ -222,9 +222,11 @@ def _timing(runs: Mapping[str, GenerationRun], losses: Mapping[str, LossResult])
 
 
 def evaluate(
-    inputs: EvalInputs, outputs: EvalOutputs, settings: EvalSettings, threads: int = 1
+    inputs: EvalInputs, outputs: EvalOutputs, settings: EvalSettings, threads: int = 1, run: str | None = None
 ) -> dict[str, Any]:
     """Run the whole evaluation; write metrics.json, answers.jsonl and report.html; return the metrics.
+
+    ``run``: the training run whose fused adapter is the tuned model (the winner of the sweep).
 
     ``settings.quant`` only labels the results: the rule picks the GGUF files of that quantization.
     """
@@ -295,12 +297,13 @@ def evaluate(
             "base_model": str(inputs.base_model), "tuned_model": str(inputs.tuned_model),
         },
         "blas": loss_module.BLAS,
+        **({"train_run": run} if run else {}),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
     })
     side_by_side = select_side_by_side([e.question for e in examples], settings.n_side_by_side)
     html = render_report(
         metrics, answer_rows, side_by_side,
-        loss_png=inputs.loss_png, train_summary=train_summary, dataset_stats=dataset_stats,
+        loss_png=inputs.loss_png, train_summary=train_summary, dataset_stats=dataset_stats, run=run,
     )
     write_jsonl(outputs.answers, answer_rows)
     write_json(outputs.metrics, metrics)

@@ -165,8 +165,10 @@ def render_report(
     train_summary: Mapping[str, Any],
     dataset_stats: Mapping[str, Any],
     title: str = "tubetune evaluation: base vs tuned",
+    run: str | None = None,
 ) -> str:
-    """The report HTML (self-contained: no external CSS, script or image)."""
+    """The report HTML (self-contained: no external CSS, script or image); ``run``: the training run
+    fused into the tuned model (the winner of the sweep)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -200,6 +202,7 @@ def render_report(
             "total": f"{timing['total_seconds']:.1f}",
         },
         "training": training_context(train_summary),
+        "run": run,
         "loss_png": png_base64(loss_png),
         "dataset_rows": flatten(dataset_stats),
         "side_by_side": [

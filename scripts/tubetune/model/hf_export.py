@@ -3,7 +3,7 @@
 Weights are written as safetensors in ``export.hf_dtype`` (float16 by default; MLX-quantized weights
 are dequantized first), next to config.json, generation_config.json, the tokenizer files and the chat
 template. README.md is a model card with the dataset statistics (results/dataset/stats.json) and the
-training settings and results (results/train/summary.json).
+training settings and results (results/train/<run>/summary.json of the winning run).
 """
 
 from __future__ import annotations
@@ -154,8 +154,10 @@ def model_card(
     channel: str | None,
     dtype: str,
     has_chat_template: bool,
+    run: str | None = None,
 ) -> str:
-    """README.md for the Hugging Face export (YAML front matter + Markdown)."""
+    """README.md for the Hugging Face export (YAML front matter + Markdown); ``run``: the training run
+    whose adapter is fused (the winner of the sweep)."""
     channel_name = str(stats.get("channel") or channel or "a YouTube channel")
     base_id = base if "/" in base and not base.startswith(("bundled:", "/", ".")) else None
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "language: [en]",
@@ -218,6 +220,10 @@ def model_card(
         lines += [f"Dropped while building the dataset: {stats['dropped_total']} "
                   f"({_fmt(stats.get('dropped') or {})}).", ""]
     lines += ["## Training", ""]
+    if run:
+        lines += [f"Training run: `{run}`, the winner of the sweep (lowest validation loss; the test split "
+                  "never picks it). All runs are ranked in `results/sweep/ranking.md` of the tubetune "
+                  "workflow.", ""]
     results = [
         (key, summary.get(key))
         for key in ("best_iteration", "best_val_loss", "initial_val_loss", "last_val_loss",
@@ -272,6 +278,7 @@ def export_hf(
     summary_path: str | Path | None = None,
     base: str = "",
     channel: str | None = None,
+    run: str | None = None,
 ) -> HFExportResult:
     """Write the model in ``model_dir`` as a Hugging Face model dir at ``out_dir`` (replaced)."""
     if dtype not in HF_DTYPES:
@@ -314,7 +321,7 @@ def export_hf(
         logger.warning("%s has no chat template", source)
     stats = read_json(stats_path) if stats_path else {}
     summary = read_json(summary_path) if summary_path else {}
-    card = model_card(stats, summary, config, base, channel, dtype, template is not None)
+    card = model_card(stats, summary, config, base, channel, dtype, template is not None, run)
     atomic_write_text(target / "README.md", card)
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
     result = HFExportResult(target, dtype, sorted(p.name for p in target.iterdir()), size,
@@ -326,9 +333,14 @@ def export_hf(
 
 
 def export_hf_step(model_dir: str | Path, out_dir: str | Path, dtype: str, stats_path: str | Path,
-                   summary_path: str | Path, base: str, channel: str | None) -> HFExportResult:
+                   summary_path: str | Path, base: str, channel: str | None,
+                   run: str | None = None) -> HFExportResult:
     """Rule export_hf."""
     from tubetune.model.base import hub_id_of
 
     logger.info("BLAS: %s", BLAS)
-    return export_hf(model_dir, out_dir, dtype, stats_path, summary_path, hub_id_of(base) or base, channel)
+    if run:
+        logger.info("exporting the fused winner of the sweep: run %s", run)
+    return export_hf(
+        model_dir, out_dir, dtype, stats_path, summary_path, hub_id_of(base) or base, channel, run
+    )

@@ -10,6 +10,11 @@ it as iteration ``it - 1``, so its ``steps_per_eval`` gives val losses at iterat
 The runner therefore lets mlx-lm validate only at the start (iteration 0) and after the last step,
 and this callback validates after the train report of every iteration that is a multiple of
 ``steps_per_eval`` (val losses at 0, N, 2N, ..., iters).
+
+Guards: a NaN or infinite train or val loss stops training at once with :class:`TrainingDiverged`
+(a :class:`~tubetune.errors.TubetuneError`, so the rule fails with one line naming what to change;
+the metrics rows written so far stay in ``metrics.jsonl``). A val loss that rises for
+``rising_warn_after`` evaluations in a row is warned about once (overfitting).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tubetune.blas import ensure_fast_blas
+from tubetune.errors import TubetuneError
 
 ensure_fast_blas()
 
@@ -53,6 +59,18 @@ class StopTraining(Exception):
         super().__init__(f"{reason} at iteration {iteration}")
         self.reason = reason
         self.iteration = iteration
+
+
+class TrainingDiverged(TubetuneError):
+    """The train or val loss became NaN or infinite: training cannot recover, the run stops."""
+
+    def __init__(self, message: str, iteration: int) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+
+
+def _describe(loss: float) -> str:
+    return "NaN" if math.isnan(loss) else "infinite"
 
 
 @dataclass
@@ -111,6 +129,10 @@ class MetricsCallback(TrainingCallback):
         on_eval: called with the iteration after every val report (e.g. keep all checkpoints).
         learning_rate: current learning rate (for val rows).
         peak_memory_gb: current peak memory (for val rows).
+        base_learning_rate: ``train.learning_rate``, named in the message when the loss diverges
+            (None: the current learning rate of the schedule is named).
+        rising_warn_after: warn once when the val loss has risen this many evaluations in a row
+            (0: never).
     """
 
     metrics_path: Path
@@ -124,10 +146,15 @@ class MetricsCallback(TrainingCallback):
     learning_rate: Callable[[], float] | None = None
     peak_memory_gb: Callable[[], float] | None = None
     progress: Any = None
+    base_learning_rate: float | None = None
+    rising_warn_after: int = 3
     rows: list[dict[str, Any]] = field(default_factory=list)
     train_tokens: float = 0.0
     train_seconds: float = 0.0
     _previous_trained_tokens: float = 0.0
+    _rising_evals: int = 0
+    _rising_from: float | None = None
+    _warned_rising: bool = False
 
     def __post_init__(self) -> None:
         self.metrics_path = Path(self.metrics_path)
@@ -171,6 +198,10 @@ class MetricsCallback(TrainingCallback):
         )
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{row['train_loss'] or math.nan:.3f}", refresh=False)
+        raw_loss = train_info.get("train_loss")
+        if raw_loss is not None and not math.isfinite(float(raw_loss)):
+            current = _finite(train_info.get("learning_rate"))
+            raise self._diverged("train", float(raw_loss), iteration, current)
         due = self.steps_per_eval > 0 and iteration % self.steps_per_eval == 0
         if self.evaluate is not None and due and iteration < self.final_iteration:
             started = time.perf_counter()
@@ -182,11 +213,7 @@ class MetricsCallback(TrainingCallback):
     def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
         iteration = int(val_info["iteration"])
         loss = float(val_info["val_loss"])
-        if not math.isfinite(loss):
-            logger.warning("iter %d: val loss is %s: lower train.learning_rate", iteration, loss)
         is_best = self.stopper.update(iteration, loss) if math.isfinite(loss) else False
-        if not math.isfinite(loss):
-            self.stopper.evals_without_improvement += 1
         if is_best:
             self.save_best(iteration)
         row = {
@@ -200,6 +227,10 @@ class MetricsCallback(TrainingCallback):
             "is_best": is_best,
         }
         self._append(row)
+        if not math.isfinite(loss):
+            current = _finite(self.learning_rate()) if self.learning_rate else None
+            raise self._diverged("val", loss, iteration, current)
+        self._watch_rising(iteration, loss)
         logger.info(
             "iter %d (epoch %.2f): val loss %.4f%s", iteration, row["epoch"], loss,
             " (best so far, adapter saved)" if is_best else
@@ -216,6 +247,47 @@ class MetricsCallback(TrainingCallback):
                 iteration, self.stopper.evals_without_improvement,
             )
             raise StopTraining("early_stopped", iteration)
+
+    def _diverged(self, kind: str, loss: float, iteration: int, current_lr: float | None) -> TrainingDiverged:
+        """The one-line error for a NaN / infinite loss (the row is already in metrics.jsonl)."""
+        what = f"{kind} loss is {_describe(loss)} at iteration {iteration}"
+        if kind == "val" and iteration == 0:
+            message = (
+                f"{what}, before any training step: the validation data gives no loss; check "
+                "results/dataset/valid.jsonl (examples whose answer is cut away by train.max_seq_length "
+                "count no tokens) and the base model"
+            )
+        else:
+            rate = self.base_learning_rate if self.base_learning_rate is not None else current_lr
+            now = f" (now {rate:.3g})" if rate is not None else ""
+            message = (
+                f"{what}: training diverged; lower train.learning_rate{now}, e.g. by 10x, or raise "
+                "train.warmup_ratio; float16 training can overflow: try train.dtype: float32"
+            )
+        return TrainingDiverged(message, iteration)
+
+    def _watch_rising(self, iteration: int, loss: float) -> None:
+        """Warn once when the val loss has risen ``rising_warn_after`` evaluations in a row."""
+        previous = next(
+            (row["val_loss"] for row in reversed(self.rows[:-1]) if row["kind"] == "val"), None
+        )
+        if previous is None or loss <= previous:
+            self._rising_evals = 0
+            self._rising_from = None
+            return
+        if self._rising_evals == 0:
+            self._rising_from = previous
+        self._rising_evals += 1
+        due = self.rising_warn_after > 0 and self._rising_evals >= self.rising_warn_after
+        if due and not self._warned_rising:
+            self._warned_rising = True
+            logger.warning(
+                "val loss has risen %d evaluations in a row (%.4f -> %.4f at iteration %d): the model is "
+                "overfitting; the best adapter (iteration %s, val loss %.4f) is kept; to stop sooner set "
+                "train.early_stopping_patience, or train fewer train.epochs / train.iters",
+                self._rising_evals, self._rising_from, loss, iteration, self.stopper.best_iteration,
+                self.stopper.best_loss,
+            )
 
     @property
     def mean_tokens_per_second(self) -> float | None:

@@ -65,13 +65,20 @@ def _copy_base_files(base_dir: Path, out_dir: Path) -> list[str]:
     return copied
 
 
-def fuse_adapters(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> FuseResult:
-    """Write ``out_dir``: base + adapter (``adapter_dir/adapters.safetensors``), fused and de-quantized."""
+def fuse_adapters(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, run: str | None = None
+) -> FuseResult:
+    """Write ``out_dir``: base + adapter (``adapter_dir/adapters.safetensors``), fused and de-quantized.
+
+    ``run``: the training run the adapter comes from (the winner of the sweep), for the log.
+    """
     started = time.perf_counter()
     base, adapters, target = Path(base_dir), Path(adapter_dir), Path(out_dir)
     for needed in (adapters / "adapters.safetensors", adapters / "adapter_config.json", base / "config.json"):
         if not needed.is_file():
             raise InputFileError(f"{needed}: missing (run the train rule first)")
+    if run:
+        logger.info("fusing the winner of the sweep: run %s", run)
     logger.info("BLAS: %s; fusing %s into %s", BLAS, adapters, base)
     try:
         model, _tokenizer, config = mlx_utils.load(  # type: ignore[misc]

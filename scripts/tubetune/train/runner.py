@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from tubetune.train.memory import (  # noqa: E402
 )
 from tubetune.train.plot import plot_losses  # noqa: E402
 from tubetune.train.settings import TrainSettings, batches_per_epoch  # noqa: E402
+from tubetune.train.target_loss import supports_target_loss, target_loss, with_targets  # noqa: E402
 
 logger = logging.getLogger(__name__)
 MLX_VERSION = importlib.metadata.version("mlx")
@@ -447,6 +449,7 @@ def run_training(
     keep cores busy; None leaves OpenBLAS as loaded.
     """
     started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     blas = BlasThreads(blas_threads)
     threads = blas.adjust()
     logger.info("BLAS: %s (%s threads); device: %s; mlx %s", BLAS, threads or "n/a", mx.default_device(),
@@ -541,6 +544,7 @@ def run_training(
         learning_rate=lambda: float(optimizer.learning_rate.item()),
         peak_memory_gb=lambda: mx.get_peak_memory() / 1e9,
         progress=progress,
+        base_learning_rate=settings.learning_rate,
     )
     # One iteration more than wanted: mlx-lm validates *before* the step of iteration it, so its val
     # report of the last planned step comes at it = iters + 1, and our callback stops right there.
@@ -557,6 +561,13 @@ def run_training(
         grad_checkpoint=settings.grad_checkpoint,
         grad_accumulation_steps=settings.grad_accumulation_steps,
     )
+    # Logits only at scored positions when the model allows it: the same loss value, less work.
+    iterate_batches = _progress_iterator(progress, blas)
+    train_loss: Callable[..., tuple[mx.array, mx.array]] = masked_loss
+    if supports_target_loss(model):
+        iterate_batches, train_loss = with_targets(iterate_batches), target_loss
+    logger.info("loss: %s", "logits at scored positions only (target_loss)" if train_loss is target_loss
+                else "masked_loss over all positions")
     mx.reset_peak_memory()
     stop: StopTraining | None = None
     train_started = time.perf_counter()
@@ -569,8 +580,8 @@ def run_training(
                 train_dataset=train_set,
                 val_dataset=valid_set,
                 args=args,
-                loss=masked_loss,
-                iterate_batches=_progress_iterator(progress, blas),
+                loss=train_loss,
+                iterate_batches=iterate_batches,
                 training_callback=callback,
             )
     except StopTraining as signal:
@@ -616,6 +627,7 @@ def run_training(
         "iterations_run": iterations_run,
         "early_stopped": early_stopped,
         "tokens_per_second_mean": callback.mean_tokens_per_second,
+        "train_loss_function": train_loss.__name__,
         "tokens_counted": "answer tokens (prompt masked)" if settings.mask_prompt else "all but padding",
         "trained_tokens": int(callback.train_tokens),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
@@ -633,6 +645,8 @@ def run_training(
         "dataset": {"train": train_stats.as_dict(), "valid": valid_stats.as_dict()},
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
+        "started_at": started_at,
+        "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(outputs.summary, summary)
     logger.info(
