@@ -38,6 +38,22 @@ def repo_config(**sweep: Any) -> dict[str, Any]:
     return config
 
 
+def test_yaml_1_1_exponents_read_as_numbers() -> None:
+    """PyYAML reads ``1e-4`` as text; where the schema wants a number it becomes one."""
+    text = (REPO / "config.yaml").read_text(encoding="utf-8")
+    config: dict[str, Any] = yaml.safe_load(
+        text.replace("learning_rate: []", "learning_rate: [5e-6, 1e-4]", 1)
+    )
+    config["train"]["learning_rate"] = "2E-4"
+    assert config["sweep"]["learning_rate"] == ["5e-6", "1e-4"]  # what PyYAML gives
+    validate_config(config, REPO / "config.schema.yaml")
+    assert config["sweep"]["learning_rate"] == [5e-6, 1e-4] and config["train"]["learning_rate"] == 2e-4
+    assert list(sweep_runs(config)) == ["lr5e-06", "lr1e-04"]
+    config["source"]["channel"] = "1e5"  # text where text is allowed stays text
+    validate_config(config, REPO / "config.schema.yaml")
+    assert config["source"]["channel"] == "1e5"
+
+
 # ------------------------------------------------------------------------------------ naming, expansion
 
 
@@ -97,7 +113,7 @@ def test_empty_lists_are_not_swept() -> None:
     [
         ({"learning_rate": [1.0e-4, 1.0e-4]}, "sweep.learning_rate: [0.0001, 0.0001] has non-unique"),
         ({"learning_rate": [0]}, "sweep.learning_rate.0: 0 is less than or equal to the minimum of 0"),
-        ({"learning_rate": ["1e-4"]}, "YAML needs a dot in 1.0e-4"),
+        ({"learning_rate": ["fast"]}, "sweep.learning_rate.0: 'fast' is not of type 'number'"),
         ({"rank": [0]}, "sweep.rank.0: 0 is less than the minimum of 1"),
         ({"rank": [8.5]}, "sweep.rank.0: 8.5 is not of type 'integer'"),
         ({"num_layers": [-2]}, "sweep.num_layers.0: -2 is less than the minimum of -1"),

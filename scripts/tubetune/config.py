@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
@@ -13,6 +14,8 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
 from tubetune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def _extend_with_default(validator_class: Any) -> Any:
@@ -60,16 +63,42 @@ def _describe(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> s
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
             parts.append(f"unknown key '{full}'{hint}")
         return "; ".join(parts)
-    hint = ""
-    expects_number = "number" in str(error.validator_value)
-    if error.validator == "type" and isinstance(error.instance, str) and expects_number:
-        try:
-            float(error.instance)
-        except ValueError:
-            pass
-        else:  # PyYAML (YAML 1.1) reads 1e-4 as text; 1.0e-4 is a number
-            hint = " (quoted, or YAML read it as text: YAML needs a dot in 1.0e-4, not 1e-4)"
-    return f"{where}: {error.message}{hint}"
+    return f"{where}: {error.message}"
+
+
+# PyYAML (YAML 1.1) reads 1e-4 and 5E-6 as text: a float needs a dot there (1.0e-4).
+_YAML11_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _coerce_exponent_numbers(
+    config: MutableMapping[str, Any], errors: list[jsonschema.ValidationError]
+) -> int:
+    """Turn strings such as ``1e-4`` that the schema wants as numbers into floats, in place.
+
+    YAML 1.2 and JSON read ``1e-4`` as a number; PyYAML (and so Snakemake) reads it as text. The
+    schema decides: only where a number is expected and text is not allowed. Returns how many.
+    """
+    fixed = 0
+    for error in errors:
+        value = error.validator_value
+        allowed = value if isinstance(value, list) else [value]
+        if (
+            error.validator != "type"
+            or "number" not in allowed
+            or "string" in allowed
+            or not isinstance(error.instance, str)
+            or not _YAML11_EXPONENT.match(error.instance.strip())
+            or not error.absolute_path
+        ):
+            continue
+        *parents, last = error.absolute_path
+        container: Any = config
+        for key in parents:
+            container = container[key]
+        container[last] = float(error.instance)
+        logger.debug("config: read '%s' at %s as a number", error.instance, _where(error))
+        fixed += 1
+    return fixed
 
 
 def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -> MutableMapping[str, Any]:
@@ -81,7 +110,10 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
     schema = load_schema(schema_path)
     apply_train_profile(config)
     validator = DefaultFillingValidator(schema, format_checker=FormatChecker())
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.path)))
+    errors = list(validator.iter_errors(config))
+    if _coerce_exponent_numbers(config, errors):
+        errors = list(validator.iter_errors(config))
+    errors.sort(key=lambda e: (len(e.absolute_path), str(e.path)))
     if errors:
         first = errors[0]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
