@@ -152,14 +152,14 @@ def test_a_fall_resets_the_rising_count(tmp_path: Path, caplog: pytest.LogCaptur
 
 @pytest.mark.slow
 def test_a_real_diverging_run_stops_with_the_guard(
-    base_model_dir: Path, chat_dataset_dir: Path, tmp_path: Path
+    base_model_dir: Path, chat_dataset_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """mlx-lm on the converted SmolLM2 with an absurd learning rate: the weights overflow within two
-    steps, and the run ends with TrainingDiverged instead of training on NaN to the end."""
+    steps, and the run stops there (TrainingDiverged, logged as one error line) instead of training on
+    NaN to the end; the best adapter before it and a summary saying so are kept (a sweep ranks it)."""
     import yaml
 
     from tubetune.config import validate_config
-    from tubetune.train.callback import TrainingDiverged
     from tubetune.train.runner import TrainOutputs, run_training
     from tubetune.train.settings import TrainSettings
 
@@ -168,9 +168,14 @@ def test_a_real_diverging_run_stops_with_the_guard(
     config["train"].update(profile="tiny-test", learning_rate=1e30, iters=6, warmup_ratio=0.0)
     validate_config(config, root / "config.schema.yaml")
     outputs = TrainOutputs.in_dir(tmp_path)
-    with pytest.raises(TrainingDiverged, match=r"^train loss is NaN at iteration 2: training diverged; "):
-        run_training(chat_dataset_dir / "train.jsonl", chat_dataset_dir / "valid.jsonl", base_model_dir,
-                     outputs, TrainSettings.from_config(config["train"]))
+    with caplog.at_level(logging.ERROR, logger="tubetune.train.runner"):
+        summary = run_training(chat_dataset_dir / "train.jsonl", chat_dataset_dir / "valid.jsonl",
+                               base_model_dir, outputs, TrainSettings.from_config(config["train"]))
+    assert summary["diverged"]["iteration"] == 2 and summary["iterations_run"] == 2
+    assert summary["diverged"]["message"].startswith("train loss is NaN at iteration 2: training diverged; ")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0] == summary["diverged"]["message"]
+    assert summary["best_iteration"] == 0 and outputs.adapters.is_file()
     rows = read_rows(outputs.metrics)
     assert [(row["kind"], row["iteration"]) for row in rows] == [("val", 0), ("train", 2)]
     assert rows[0]["val_loss"] is not None and rows[1]["train_loss"] is None

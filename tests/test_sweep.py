@@ -156,6 +156,7 @@ def result(run: str, loss: float | None, iteration: int | None = 10, **extra: An
         "best_val_loss": loss,
         "best_iteration": iteration,
         "early_stopped": extra.pop("early_stopped", False),
+        "diverged": extra.pop("diverged", None),
         "tokens_per_second_mean": 120.5,
     }
     metrics = extra.pop("metrics", [
@@ -225,6 +226,8 @@ def test_compare_writes_table_winner_and_one_png(tmp_path: Path) -> None:
         result("lr1e-04", 2.5, test_loss={"loss": 2.6, "perplexity": 13.46}),
         result("lr5e-05", 2.4, iteration=8, early_stopped=True, test_loss={"loss": 2.55, "perplexity": 12.8}),
         result("lr1e-03", math.nan),
+        # diverged at iteration 6, after a best of 2.45 at iteration 4: ranked by that best, flagged
+        result("lr5e-04", 2.45, iteration=4, diverged={"iteration": 6, "message": "train loss is NaN"}),
     ]
     winner = compare_runs(runs, outputs)
     assert winner["run"] == "lr5e-05" and winner["best_val_loss"] == 2.4 and winner["best_iteration"] == 8
@@ -232,21 +235,24 @@ def test_compare_writes_table_winner_and_one_png(tmp_path: Path) -> None:
     assert json.loads(outputs.winner.read_text()) == winner
     ranking = json.loads(outputs.ranking_json.read_text())
     assert ranking["winner"] == "lr5e-05" and ranking["select_by"] == "val_loss"
-    assert [row["run"] for row in ranking["runs"]] == ["lr5e-05", "lr1e-04", "lr1e-03"]
+    assert [row["run"] for row in ranking["runs"]] == ["lr5e-05", "lr5e-04", "lr1e-04", "lr1e-03"]
+    assert ranking["runs"][1]["diverged_at"] == 6 and ranking["runs"][0]["diverged_at"] is None
     assert ranking["runs"][0]["test_loss"] == 2.55 and ranking["runs"][0]["early_stopped"] is True
-    assert ranking["runs"][2]["best_val_loss"] is None and ranking["runs"][2]["reason"] == NO_LOSS_REASON
+    assert ranking["runs"][3]["best_val_loss"] is None and ranking["runs"][3]["reason"] == NO_LOSS_REASON
     table = outputs.ranking_md.read_text()
     header = next(line for line in table.splitlines() if line.startswith("| rank"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
         "rank", "run", "learning_rate", "rank (LoRA)", "num_layers", "best val loss", "best iteration",
-        "test loss", "test perplexity", "tokens/s", "early stopped",
+        "test loss", "test perplexity", "tokens/s", "stopped",
     ]
-    assert "| 1 | **lr5e-05** (winner) | 5e-05 | 8 | -1 | 2.4000 | 8 | 2.5500 | 12.800 | 120 | yes |" in table
+    first = "| 1 | **lr5e-05** (winner) | 5e-05 | 8 | -1 | 2.4000 | 8 | 2.5500 | 12.800 | 120 | early |"
+    assert first in table
+    assert "| 2 | lr5e-04 | 0.0005 | 8 | -1 | 2.4500 | 4 | - | - | 120 | diverged at 6 |" in table
     assert png_size(outputs.plot) == (880, 528)
     # The figure draws every run: one more run gives a different picture.
     single = CompareOutputs(*(tmp_path / "one" / p.name for p in (
         outputs.ranking_md, outputs.ranking_json, outputs.plot, outputs.winner)))
-    compare_runs(runs[:2], single)
+    compare_runs(runs[:3], single)
     assert single.plot.read_bytes() != outputs.plot.read_bytes()
 
 

@@ -49,6 +49,7 @@ class RunResult:
     best_iteration: int | None
     early_stopped: bool
     tokens_per_second: float | None
+    diverged_at: int | None = None  # the iteration whose loss became NaN / infinite
     test_loss: float | None = None
     test_perplexity: float | None = None
     metrics: Sequence[Mapping[str, Any]] = field(default_factory=list)
@@ -62,6 +63,7 @@ class RunResult:
         test_loss: Mapping[str, Any] | None = None,
     ) -> RunResult:
         best_iteration = summary.get("best_iteration")
+        diverged = summary.get("diverged") or {}
         return cls(
             run=run,
             settings=dict(summary.get("settings") or {}),
@@ -69,6 +71,7 @@ class RunResult:
             best_iteration=int(best_iteration) if isinstance(best_iteration, int) else None,
             early_stopped=bool(summary.get("early_stopped")),
             tokens_per_second=_finite(summary.get("tokens_per_second_mean")),
+            diverged_at=diverged.get("iteration") if isinstance(diverged.get("iteration"), int) else None,
             test_loss=_finite((test_loss or {}).get("loss")),
             test_perplexity=_finite((test_loss or {}).get("perplexity")),
             metrics=list(metrics),
@@ -101,6 +104,7 @@ class RankedRun:
             "test_perplexity": r.test_perplexity,
             "tokens_per_second": r.tokens_per_second,
             "early_stopped": r.early_stopped,
+            "diverged_at": r.diverged_at,
             "reason": self.reason,
         }
 
@@ -145,8 +149,14 @@ def _cell(value: Any, digits: int = 4) -> str:
 
 RANKING_COLUMNS = (
     "rank", "run", "learning_rate", "rank (LoRA)", "num_layers", "best val loss", "best iteration",
-    "test loss", "test perplexity", "tokens/s", "early stopped",
+    "test loss", "test perplexity", "tokens/s", "stopped",
 )
+
+
+def _stopped(result: RunResult) -> str:
+    if result.diverged_at is not None:
+        return f"diverged at {result.diverged_at}"
+    return "early" if result.early_stopped else "-"
 
 
 def ranking_markdown(ranked: Sequence[RankedRun]) -> str:
@@ -169,7 +179,7 @@ def ranking_markdown(ranked: Sequence[RankedRun]) -> str:
             _cell(r.settings.get("num_layers")), _cell(r.best_val_loss), _cell(r.best_iteration),
             _cell(r.test_loss), _cell(r.test_perplexity, 3),
             _cell(round(r.tokens_per_second) if r.tokens_per_second is not None else None),
-            _cell(r.early_stopped),
+            _stopped(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     unranked = [entry for entry in ranked if entry.reason is not None]

@@ -45,7 +45,12 @@ from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
 from tubetune.errors import ConfigError, InputFileError  # noqa: E402
 from tubetune.evaluate.loss import masked_loss  # noqa: E402
 from tubetune.jsonio import read_json, read_jsonl, write_json  # noqa: E402
-from tubetune.train.callback import EarlyStopping, MetricsCallback, StopTraining  # noqa: E402
+from tubetune.train.callback import (  # noqa: E402
+    EarlyStopping,
+    MetricsCallback,
+    StopTraining,
+    TrainingDiverged,
+)
 from tubetune.train.memory import (  # noqa: E402
     ModelShape,
     check_memory,
@@ -570,6 +575,7 @@ def run_training(
                 else "masked_loss over all positions")
     mx.reset_peak_memory()
     stop: StopTraining | None = None
+    diverged: TrainingDiverged | None = None
     train_started = time.perf_counter()
     try:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -586,6 +592,13 @@ def run_training(
             )
     except StopTraining as signal:
         stop = signal
+    except TrainingDiverged as exc:
+        if exc.iteration == 0:  # the data gives no loss: nothing was trained, nothing to keep
+            raise
+        # The run ends here, but what it learned before is kept: the best adapter (by a finite val
+        # loss) is on disk, the summary says the run diverged, and a sweep ranks it with the others.
+        logger.error("%s", exc)
+        diverged = exc
     finally:
         progress.close()
     train_seconds = time.perf_counter() - train_started
@@ -593,7 +606,7 @@ def run_training(
     if not outputs.adapters.exists():  # only if no val report ever ran
         shutil.copyfile(outputs.last, outputs.adapters)
     stopper = callback.stopper
-    iterations_run = stop.iteration if stop is not None else iters
+    iterations_run = stop.iteration if stop is not None else diverged.iteration if diverged else iters
     early_stopped = stop is not None and stop.reason == "early_stopped"
     if stopper.best_iteration == 0:
         logger.warning("the best val loss is the untrained model's (iteration 0): the adapter is a no-op; "
@@ -626,6 +639,7 @@ def run_training(
         "final_train_loss": callback.final_train_loss,
         "iterations_run": iterations_run,
         "early_stopped": early_stopped,
+        "diverged": {"iteration": diverged.iteration, "message": str(diverged)} if diverged else None,
         "tokens_per_second_mean": callback.mean_tokens_per_second,
         "train_loss_function": train_loss.__name__,
         "tokens_counted": "answer tokens (prompt masked)" if settings.mask_prompt else "all but padding",
@@ -652,7 +666,8 @@ def run_training(
     logger.info(
         "done: %d iterations%s, best val loss %.4f at iteration %s (initial %.4f), %.0f tokens/s, "
         "peak memory %.2f GB",
-        iterations_run, " (early stopped)" if early_stopped else "", stopper.best_loss,
+        iterations_run, " (early stopped)" if early_stopped else " (diverged)" if diverged else "",
+        stopper.best_loss,
         stopper.best_iteration, summary["initial_val_loss"] or math.nan,
         summary["tokens_per_second_mean"] or math.nan, summary["peak_memory_gb"],
     )
