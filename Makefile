@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 TARGET ?= all
+# llama-cpp-python compiles llama.cpp: for the instruction sets every x86-64-v3 CPU has, not -march=native
+# (its AMX kernels crash where the kernel does not grant AMX state, as in some containers).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: run test setup system-deps lint
 

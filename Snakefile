@@ -1,4 +1,5 @@
 # tubetune: a YouTube channel into a small fine-tuned language model, with evaluation.
+#   snakemake --cores 1 estimate  what the LLM passes would cost (cache hits vs misses), no API call
 #   snakemake --cores 1 dataset   channel -> reviewed Q&A -> train/valid/test chat JSONL
 #   snakemake --cores 1 train     ... -> one LoRA run per sweep point (results/train/<run>/, the best
 #                                     adapter of each by val loss) and their ranking (results/sweep/)
@@ -15,6 +16,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/source.smk"
 include: "rules/generate.smk"
+include: "rules/llm.smk"
 include: "rules/dataset.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
@@ -27,6 +29,7 @@ localrules:
     all,
     dataset,
     train,
+    llm_ledger,
 
 
 rule all:

@@ -56,6 +56,7 @@ def code_version(*modules):
 # The modules behind each heavy, non-LLM rule; errors, jsonio and logs are left out, since editing a
 # message should not retrain a model.
 CODE_VERSIONS = {
+    # not llm.ledger/llm.spend: a change to how the cost line is written must not retrain a model
     "build_dataset": code_version("dataset", "dedup", "chunking"),
     "base_model": code_version("model.base", "model.gguf_convert"),
     "train_run": code_version(
@@ -68,7 +69,7 @@ CODE_VERSIONS = {
     "export_hf": code_version("model.hf_export", "model.base"),
     "export_gguf": code_version("model.gguf_export", "model.gguf_convert", "model.hf_export"),
     "modelfile": code_version("model.modelfile"),
-    "evaluate": code_version("evaluate"),
+    "evaluate": code_version("evaluate", "llm.ledger", "llm.spend"),
 }
 
 
@@ -103,8 +104,87 @@ def question_settings():
     return {key: value for key, value in config["questions"].items() if key != "prompt"}
 
 
+# ---- LLM passes (rules/generate.smk, rules/llm.smk) ----
+
+# llm keys that change how requests are sent and paid for, not what the model is asked: changing them
+# does not rerun an LLM rule (its requests and their cached replies stay the same).
+LLM_DELIVERY_KEYS = (
+    "mode", "concurrency", "rate_limit_wait_s", "batch_poll_s", "batch_max_requests", "batch_max_mb",
+    "prices", "cache_min_tokens", "max_retries", "timeout_s", "base_url",
+)
+
+
+def llm_params():
+    """The llm settings that decide what is sent (a rerun trigger); the scripts read config["llm"]."""
+    return {key: value for key, value in config["llm"].items() if key not in LLM_DELIVERY_KEYS}
+
+
+def llm_batch_mode():
+    return config["llm"]["backend"] == "anthropic" and config["llm"]["mode"] == "batch"
+
+
+def llm_requests_limit():
+    """The limit of the llm_requests resource (profile or --resources), or None when unset."""
+    value = workflow.global_resources.get("llm_requests")
+    return int(getattr(value, "value", value)) if value is not None else None
+
+
+def llm_job_requests():
+    """Requests one per-video LLM job keeps in flight: its share of the llm_requests resource.
+
+    anthropic online: llm.concurrency (capped at the resource's limit); batch: 0 (the batch pass
+    sends; the per-video jobs read the cache); llama_cpp: 1 (one local model, one request at a time).
+    """
+    llm = config["llm"]
+    if llm["backend"] != "anthropic":
+        return 1
+    if llm["mode"] == "batch":
+        return 0
+    limit = llm_requests_limit()
+    return min(llm["concurrency"], limit) if limit else llm["concurrency"]
+
+
+def batch_report(pass_name):
+    """llm.mode batch: the batch pass report a per-video LLM job reads its replies after; else none.
+
+    ancient(): a new report (the pass reran for one edited video) does not rerun the other videos'
+    jobs; a job that reruns for its own reasons still waits for the pass and reads the new report.
+    """
+    return [ancient(f"{R}/llm/batch/{pass_name}.json")] if llm_batch_mode() else []
+
+
+def ledger_records():
+    """Input function: the usage records of the LLM jobs that make the calls: the per-video jobs
+    online; in batch mode the two batch passes (the per-video jobs then only read the cache)."""
+
+    def inputs(wildcards):
+        if llm_batch_mode():
+            return [f"{R}/llm/batch/questions.json", f"{R}/llm/batch/answers.json"]
+        passes = ("questions", "answers")
+        return expand(f"{R}/llm/usage/{{llm_pass}}/{{video}}.json", llm_pass=passes, video=selected_videos())
+
+    return inputs
+
+
+def cache_fingerprint():
+    """A short hash of the LLM cache directories' state (their shard folders' mtimes): a param of the
+    estimate, so that `snakemake estimate` reruns once replies were added to the cache."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for folder in (config["llm"]["cache_dir"], *config["llm"]["seed_cache_dirs"]):
+        digest.update(str(folder).encode())
+        if os.path.isdir(folder):
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.is_dir() and len(entry.name) == 2:
+                    digest.update(f"{entry.name}:{entry.stat().st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def dataset_outputs():
     return [
+        f"{R}/llm/ledger.json",
         f"{R}/dataset/train.jsonl",
         f"{R}/dataset/valid.jsonl",
         f"{R}/dataset/test.jsonl",

@@ -6,9 +6,10 @@ rule build_dataset:
         qa=per_video(f"{R}/qa/{{video}}.jsonl"),
         dropped=per_video(f"{R}/qa/{{video}}.dropped.jsonl"),
         quarantine=per_video(f"{R}/questions/{{video}}.quarantine.jsonl"),
-        transcripts=per_video(f"{R}/transcripts/{{video}}.json"),
+        chunk_status=per_video(f"{R}/chunks/{{video}}.status.json"),
         selected=f"{R}/videos/selected.json",
         filtered=f"{R}/videos/filtered.tsv",
+        ledger=ancient(f"{R}/llm/ledger.json"),  # a price change reruns the ledger alone
     output:
         train=f"{R}/dataset/train.jsonl",
         valid=f"{R}/dataset/valid.jsonl",

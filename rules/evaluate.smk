@@ -12,6 +12,7 @@ rule evaluate:
         tuned_model=f"{R}/fused",
         loss_png=winner_file("loss_png"),
         summary=winner_file("summary"),
+        ledger=ancient(f"{R}/llm/ledger.json"),  # a price change reruns the ledger alone
     output:
         metrics=report(
             f"{R}/eval/metrics.json",

@@ -6,7 +6,8 @@ rule chunk:
     input:
         f"{R}/transcripts/{{video}}.json",
     output:
-        f"{R}/chunks/{{video}}.jsonl",
+        chunks=f"{R}/chunks/{{video}}.jsonl",
+        status=f"{R}/chunks/{{video}}.status.json",
     params:
         chunk=config["chunk"],
     log:
@@ -21,15 +22,17 @@ rule extract_questions:
     input:
         chunks=f"{R}/chunks/{{video}}.jsonl",
         prompt=prompt_file("questions"),
+        batch=batch_report("questions"),
     output:
-        f"{R}/questions/raw/{{video}}.jsonl",
+        questions=f"{R}/questions/raw/{{video}}.jsonl",
+        usage=f"{R}/llm/usage/questions/{{video}}.json",
     params:
-        llm=config["llm"],
+        llm=llm_params(),
         questions=question_settings(),
     log:
         f"{LOGS}/extract_questions/{{video}}.log",
     resources:
-        llm_api=1,
+        llm_requests=llm_job_requests(),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -58,15 +61,17 @@ rule answer_questions:
         questions=f"{R}/questions/{{video}}.jsonl",
         chunks=f"{R}/chunks/{{video}}.jsonl",
         prompt=prompt_file("answers"),
+        batch=batch_report("answers"),
     output:
         qa=f"{R}/qa/{{video}}.jsonl",
         dropped=f"{R}/qa/{{video}}.dropped.jsonl",
+        usage=f"{R}/llm/usage/answers/{{video}}.json",
     params:
-        llm=config["llm"],
+        llm=llm_params(),
     log:
         f"{LOGS}/answer_questions/{{video}}.log",
     resources:
-        llm_api=1,
+        llm_requests=llm_job_requests(),
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -11,6 +11,8 @@ run_step(
         prompt_path=snakemake.input.prompt,
         out_path=snakemake.output.qa,
         dropped_path=snakemake.output.dropped,
-        llm_config=snakemake.params.llm,
+        llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
+        usage_path=snakemake.output.usage,
+        batch_report=snakemake.input.batch[0] if snakemake.input.batch else None,
     ),
 )

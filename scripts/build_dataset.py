@@ -9,12 +9,13 @@ run_step(
     snakemake.log[0],
     lambda: build_dataset(
         qa_paths=list(snakemake.input.qa),
-        transcript_paths=list(snakemake.input.transcripts),
+        chunk_status_paths=list(snakemake.input.chunk_status),
         quarantine_paths=list(snakemake.input.quarantine),
         dropped_paths=list(snakemake.input.dropped),
         selected_path=snakemake.input.selected,
         filtered_path=snakemake.input.filtered,
         out_dir=Path(snakemake.output.stats).parent,
         dataset_config=snakemake.params.dataset,
+        ledger_path=snakemake.input.ledger,
     ),
 )

@@ -14,6 +14,7 @@ inputs = EvalInputs(
     loss_png=Path(snakemake.input.loss_png),
     train_summary=Path(snakemake.input.summary),
     dataset_stats=Path(snakemake.input.stats),
+    llm_ledger=Path(snakemake.input.ledger),
 )
 outputs = EvalOutputs(
     metrics=Path(snakemake.output.metrics),

@@ -8,8 +8,10 @@ run_step(
     lambda: extract_questions(
         chunks_path=snakemake.input.chunks,
         prompt_path=snakemake.input.prompt,
-        out_path=snakemake.output[0],
-        llm_config=snakemake.params.llm,
+        out_path=snakemake.output.questions,
+        llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
         question_config=snakemake.params.questions,
+        usage_path=snakemake.output.usage,
+        batch_report=snakemake.input.batch[0] if snakemake.input.batch else None,
     ),
 )

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from tubetune.dataset import build_dataset, split_videos
-from tubetune.errors import ConfigError
+from tubetune.errors import ConfigError, TubetuneError
 from tubetune.jsonio import write_json, write_jsonl
+from tubetune.llm.ledger import ledger_step
+from tubetune.steps import chunk_step
 
 CONFIG: dict[str, Any] = {
     "system_prompt": "You are the voice of {channel}.",
@@ -20,6 +22,7 @@ CONFIG: dict[str, Any] = {
     "split": {"train": 0.6, "valid": 0.2, "test": 0.2},
     "seed": 13,
 }
+CHUNK_CONFIG = {"max_tokens": 600, "min_tokens": 120, "min_words": 150}
 ANSWER = "I preheat the pot for a full 45 minutes at 250 C so the walls are properly hot."
 
 
@@ -49,6 +52,20 @@ def _qa(qa_id: str, video: str, question: str, answer: str = ANSWER) -> dict[str
         "end": 80.0,
         "url": f"https://youtu.be/{video}?t=12",
     }
+
+
+def _transcript(video: str, texts: list[str]) -> dict[str, Any]:
+    snippets = [{"text": text, "start": 2.0 * i, "duration": 2.0} for i, text in enumerate(texts)]
+    return {"video_id": video, "title": f"T {video}", "status": "ok", "snippets": snippets}
+
+
+def _chunk_status(tmp_path: Path, transcript: dict[str, Any]) -> Path:
+    """The chunk status file the chunk step writes for ``transcript``."""
+    video = transcript["video_id"]
+    path, status = tmp_path / f"{video}.transcript.json", tmp_path / f"{video}.status.json"
+    write_json(path, transcript)
+    chunk_step(path, tmp_path / f"{video}.chunks.jsonl", status, CHUNK_CONFIG)
+    return status
 
 
 def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
@@ -86,18 +103,18 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
     write_jsonl(quarantine, [{"stage": "validate", "reason": "not a question (no question mark at the end)"}])
     dropped = tmp_path / "d.jsonl"
     write_jsonl(dropped, [{"stage": "answer", "reason": "not answered by its chunk: no freezing advice"}])
-    transcript = tmp_path / "t.json"
-    write_json(
-        transcript,
+    gone = _chunk_status(
+        tmp_path,
         {"video_id": "zzzzzzzzzzz", "title": "Gone", "status": "skipped", "reason": "transcripts disabled"},
     )
+    music = _chunk_status(tmp_path, _transcript("mmmmmmmmmmm", ["[Music]", "you", "[Music] you you"]))
     selected = tmp_path / "selected.json"
     write_json(selected, {"channel": {"name": "Crumb Lab"}, "videos": []})
     filtered = tmp_path / "filtered.tsv"
     filtered.write_text("video_id\ttitle\treason\nsssssssssss\tA short\tshort (41 s < 120 s)\n")
 
     stats = build_dataset(
-        qa_paths, [transcript], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG
+        qa_paths, [gone, music], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG
     )
 
     assert stats["examples"]["total"] == 11
@@ -108,8 +125,145 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
         "filter: answer too short": 1,
         "validate: not a question": 1,
     }
-    assert [v["video_id"] for v in stats["skipped_videos"]] == ["sssssssssss", "zzzzzzzzzzz"]
+    assert [v["video_id"] for v in stats["skipped_videos"]] == ["sssssssssss", "zzzzzzzzzzz", "mmmmmmmmmmm"]
+    skipped_tsv = (tmp_path / "out" / "skipped_videos.tsv").read_text().splitlines()
+    assert skipped_tsv[2] == "zzzzzzzzzzz\tGone\ttranscript\ttranscripts disabled"
+    assert skipped_tsv[3] == (
+        "mmmmmmmmmmm\tT mmmmmmmmmmm\tchunk\t"
+        "too little speech: 3 words after removing caption artifacts (chunk.min_words: 150)"
+    )
     train = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert train[0]["messages"][0] == {"role": "system", "content": "You are the voice of Crumb Lab."}
     md = (tmp_path / "out" / "stats.md").read_text()
     assert "| dedup: near-duplicate question | 1 |" in md
+
+
+PRICES = {"claude-sonnet-4-6": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}}
+
+
+def _ledger(tmp_path: Path, answer_model: str) -> Path:
+    """ledger.json of two online jobs: questions from the priced model, answers from ``answer_model``."""
+    questions = {
+        "pass": "questions", "backend": "anthropic", "model": "claude-sonnet-4-6", "requests": 12,
+        "cache_hits": 6, "calls": 6, "input_tokens": 200_000, "output_tokens": 30_000,
+        "cache_read_input_tokens": 50_000, "cache_creation_input_tokens": 10_000,
+    }
+    answers = {
+        "pass": "answers", "backend": "anthropic", "model": answer_model, "requests": 8, "cache_hits": 2,
+        "calls": 2, "input_tokens": 100_000, "output_tokens": 20_000,
+    }
+    records = [tmp_path / "usage" / "questions.json", tmp_path / "usage" / "answers.json"]
+    write_json(records[0], questions)
+    write_json(records[1], answers)
+    ledger = tmp_path / "llm" / "ledger.json"
+    ledger_step(records, {"prices": PRICES}, ledger, ledger.with_suffix(".md"))
+    return ledger
+
+
+def _three_videos(tmp_path: Path) -> tuple[list[Path], list[Path], list[Path], list[Path], Path, Path]:
+    """build_dataset's inputs for three videos with one good Q&A pair each and nothing dropped."""
+    questions = ["Why does rye flour wake up a starter?", "When do I add the salt?", "How deep is a score?"]
+    qa_paths = []
+    for n, question in enumerate(questions):
+        video = f"video{n}xxxxx"[:11]
+        qa_paths.append(tmp_path / f"{video}.qa.jsonl")
+        write_jsonl(qa_paths[-1], [_qa(f"{video}-q0", video, question)])
+    empty = tmp_path / "empty.jsonl"
+    write_jsonl(empty, [])
+    selected = tmp_path / "selected.json"
+    write_json(selected, {"channel": {"name": "Crumb Lab"}, "videos": []})
+    filtered = tmp_path / "filtered.tsv"
+    filtered.write_text("video_id\ttitle\treason\n")
+    return qa_paths, [], [empty], [empty], selected, filtered
+
+
+def test_stats_show_the_llm_ledger_total(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    without = build_dataset(*_three_videos(tmp_path), out, CONFIG)
+    assert "llm" not in without
+    assert "LLM cost" not in (out / "stats.md").read_text()
+
+    stats = build_dataset(
+        *_three_videos(tmp_path), out, CONFIG, ledger_path=_ledger(tmp_path, "claude-sonnet-4-6")
+    )
+
+    # questions: (200k * 3 + 30k * 15 + 50k * 0.3 + 10k * 3.75) / 1M; answers: (100k * 3 + 20k * 15) / 1M
+    assert stats["llm"] == {
+        "requests": 20, "cache_hits": 8, "calls": 8, "input_tokens": 300_000, "output_tokens": 50_000,
+        "cache_read_input_tokens": 50_000, "cache_creation_input_tokens": 10_000,
+        "dollars": pytest.approx(1.1025 + 0.6), "unpriced_models": [],
+    }
+    assert json.loads((out / "stats.json").read_text())["llm"] == stats["llm"]
+    md = (out / "stats.md").read_text()
+    assert "## LLM cost" in md
+    assert "| 8 | 20 | 8 | 300,000 | 50,000 | 50,000 | 10,000 | $1.70 |" in md
+    assert "[results/llm/ledger.md](../llm/ledger.md)" in md
+
+
+def test_stats_say_why_the_llm_dollars_are_unknown(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stats = build_dataset(
+        *_three_videos(tmp_path), out, CONFIG, ledger_path=_ledger(tmp_path, "claude-future-9")
+    )
+
+    assert stats["llm"]["dollars"] is None
+    assert stats["llm"]["unpriced_models"] == ["claude-future-9"]
+    assert "| unknown (no price for claude-future-9 in llm.prices) |" in (out / "stats.md").read_text()
+
+
+def _only_quarantined(tmp_path: Path) -> list[Path]:
+    """What a tiny teacher leaves: every question quarantined, one answer request dropped."""
+    quarantine = tmp_path / "q.jsonl"
+    rows = [{"stage": "validate", "question": "...", "reason": "not a question (no question mark)"}] * 40
+    rows += [{"stage": "validate", "question": "Why?", "reason": "too short (4 < 12 characters)"}] * 8
+    rows += [{"stage": "extract", "reason": "invalid output: not JSON"}] * 2
+    rows += [{"stage": "validate", "question": "Salt?", "reason": "no content word"}]
+    write_jsonl(quarantine, rows)
+    dropped = tmp_path / "d.jsonl"
+    write_jsonl(dropped, [{"stage": "answer", "question": "Who?", "reason": "not answered by its chunk: no"}])
+    return [quarantine, dropped]
+
+
+def test_no_usable_qa_names_the_reasons(tmp_path: Path) -> None:
+    quarantine, dropped = _only_quarantined(tmp_path)
+    qa = tmp_path / "qa.jsonl"
+    write_jsonl(qa, [_qa("aaaaaaaaaaa-q0", "aaaaaaaaaaa", "How hot should the dutch oven be?", "Hot.")])
+    words = " ".join(f"word{i}" for i in range(300))
+    status = _chunk_status(tmp_path, _transcript("aaaaaaaaaaa", [words]))
+    selected = tmp_path / "selected.json"
+    write_json(selected, {"channel": {"name": "Crumb Lab"}, "videos": []})
+    filtered = tmp_path / "filtered.tsv"
+    filtered.write_text("video_id\ttitle\treason\n")
+
+    with pytest.raises(TubetuneError) as caught:
+        build_dataset([qa], [status], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG)
+
+    assert str(caught.value) == (
+        "no usable Q&A: 0 of 51 questions from 1 chunk survived "
+        "(quarantined: 40 not a question, 8 too short, 2 invalid output, 1 other; "
+        "dropped: 1 not answered by its chunk, 1 answer too short); "
+        f"check the LLM (llm.backend/llm.model) and {(tmp_path / 'review').as_posix()}/"
+    )
+    assert "\n" not in str(caught.value)
+
+
+def test_no_video_with_speech_names_the_skip_reasons(tmp_path: Path) -> None:
+    statuses = [
+        _chunk_status(tmp_path, _transcript(f"music{i}xxxxx"[:11], ["[Music]", "you you", "(applause)"]))
+        for i in range(3)
+    ]
+    empty = tmp_path / "empty.jsonl"
+    write_jsonl(empty, [])
+    selected = tmp_path / "selected.json"
+    write_json(selected, {"channel": {"name": "Crumb Lab"}, "videos": []})
+    filtered = tmp_path / "filtered.tsv"
+    filtered.write_text("video_id\ttitle\treason\nsssssssssss\tA short\tshort (41 s < 120 s)\n")
+
+    with pytest.raises(
+        TubetuneError,
+        match=r"^no usable Q&A: no video has chunks to ask questions about "
+        r"\(skipped videos: 3 too little speech, 1 short\); "
+        r"check the source \(source\.\*\) and chunk\.min_words$",
+    ):
+        build_dataset([empty], statuses, [empty], [empty], selected, filtered, tmp_path / "out", CONFIG)

@@ -40,7 +40,9 @@ from tubetune.evaluate.metrics import (
     rouge_l,
     which_is_better,
 )
-from tubetune.evaluate.report import flatten, select_side_by_side
+from tubetune.evaluate.report import flatten, render_report, select_side_by_side
+from tubetune.jsonio import write_json
+from tubetune.llm.ledger import ledger_step
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = [info.name for info in METRICS]
@@ -169,6 +171,61 @@ def test_flatten_expands_small_objects_and_counts_big_ones() -> None:
                          "videos": ["a", "b"], "ok": True, "loss": 1.234567891}))
     assert rows == {"examples.train": "48", "examples.test": "8", "per_video": "30 entries",
                     "videos": "a, b", "ok": "true", "loss": "1.23457"}
+
+
+def _llm_cost(calls: int, dollars: float | None, unpriced: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "requests": calls + 3, "cache_hits": 3, "calls": calls, "input_tokens": 1000 * calls,
+        "output_tokens": 200 * calls, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+        "dollars": dollars, "unpriced_models": unpriced or [],
+    }
+
+
+def _render(tmp_path: Path, llm_cost: dict[str, Any] | None) -> str:
+    metrics = build_metrics(
+        {"base": dict.fromkeys(METRIC_NAMES, 1.0), "tuned": dict.fromkeys(METRIC_NAMES, 0.5)}, {}
+    ) | {
+        "n_examples": 4, "gguf_quant": "q8_0", "max_new_tokens": 16,
+        "timing": {"base": {"generation_tokens_per_s": 30.0}, "tuned": {"generation_tokens_per_s": 31.0},
+                   "threads": 1, "total_seconds": 2.5},
+        "models": {"base_gguf": "b.gguf", "tuned_gguf": "t.gguf", "base_model": "b", "tuned_model": "t"},
+    }
+    _write_loss_png(tmp_path / "loss.png")
+    return render_report(metrics, [], [], loss_png=tmp_path / "loss.png", train_summary={},
+                         dataset_stats={}, llm_cost=llm_cost)
+
+
+LEDGER_LINK = ' (<a href="../llm/ledger.md">results/llm/ledger.md</a>).'
+
+
+@pytest.mark.parametrize(
+    ("cost", "line"),
+    [
+        (_llm_cost(8, 1.7025), "Building the dataset cost $1.70 for 8 LLM calls"),
+        (_llm_cost(1, 0.0123), "Building the dataset cost $0.0123 for 1 LLM call"),
+        (_llm_cost(1200, 0.0), "Building the dataset cost $0 for 1,200 LLM calls"),  # a local model
+        (
+            _llm_cost(0, 0.0),
+            "Building the dataset made no LLM call (all LLM replies came from the cache): $0",
+        ),
+        (
+            _llm_cost(8, None, ["claude-future-9"]),
+            "Building the dataset cost an unknown amount for 8 LLM calls; "
+            "no price for claude-future-9 in llm.prices",
+        ),
+    ],
+)
+def test_report_says_what_the_dataset_cost_near_the_top(
+    tmp_path: Path, cost: dict[str, Any], line: str
+) -> None:
+    html = _render(tmp_path, cost)
+    assert f'<p class="llm-cost">{line}{LEDGER_LINK}</p>' in html
+    assert html.index('class="llm-cost"') < html.index('<div class="cards">') < html.index("<h2>Metrics</h2>")
+
+
+def test_report_without_a_ledger_has_no_cost_line(tmp_path: Path) -> None:
+    html = _render(tmp_path, None)
+    assert 'class="llm-cost"' not in html and "Building the dataset" not in html
 
 
 def test_schema_defaults_match_the_settings_dataclass() -> None:
@@ -336,10 +393,14 @@ def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model
     (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     (tmp_path / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
     _write_loss_png(tmp_path / "loss.png")
+    usage = {"pass": "questions", "backend": "llama_cpp", "model": "gguf:teacher.gguf", "requests": 9,
+             "cache_hits": 4, "calls": 5, "input_tokens": 5000, "output_tokens": 900}
+    write_json(tmp_path / "usage.json", usage)
+    ledger_step([tmp_path / "usage.json"], {"prices": {}}, tmp_path / "ledger.json", tmp_path / "ledger.md")
     return EvalInputs(
         test=test, base_gguf=gguf, tuned_gguf=gguf, base_model=model_dir, tuned_model=model_dir,
         loss_png=tmp_path / "loss.png", train_summary=tmp_path / "summary.json",
-        dataset_stats=tmp_path / "stats.json",
+        dataset_stats=tmp_path / "stats.json", llm_ledger=tmp_path / "ledger.json",
     )
 
 
@@ -371,6 +432,7 @@ def test_evaluate_end_to_end(
         assert timing["completion_tokens"] > 0
         assert timing["generation_tokens_per_s"] > 0
     assert metrics["timing"]["threads"] == 1
+    assert (metrics["llm_cost"]["calls"], metrics["llm_cost"]["dollars"]) == (5, 0.0)  # a local teacher
 
     answers = [json.loads(line) for line in outputs.answers.read_text(encoding="utf-8").splitlines()]
     assert len(answers) == 4
@@ -397,6 +459,7 @@ def test_evaluate_end_to_end(
         assert info.label in html
     assert "150" in html and "1.4321" in html  # best iteration and best val loss from summary.json
     assert "examples.total" in html and "per_video" in html  # dataset statistics
+    assert "Building the dataset cost $0 for 5 LLM calls" in html
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<b>water</b>" not in html and "&lt;b&gt;water&lt;/b&gt;" in html
@@ -437,6 +500,7 @@ def test_evaluate_rule_in_snakemake(
         "export/gguf/base-q8_0.gguf": bundled_gguf, "export/gguf/tuned-q8_0.gguf": bundled_gguf,
         "model/base": base_model_dir, "fused": base_model_dir,
         "train/loss.png": inputs.loss_png, "train/summary.json": inputs.train_summary,
+        "llm/ledger.json": tmp_path / "ledger.json",
     }
     for relative, source in placed.items():
         (results / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from tubetune.chunking import Chunk
-from tubetune.jsonio import read_jsonl, write_jsonl
-from tubetune.llm.client import BackendError, InvalidOutputError, LLMClient
+from tubetune.errors import TubetuneError
+from tubetune.jsonio import read_jsonl, write_json, write_jsonl
+from tubetune.llm.batch import BatchResultBackend, PlannedRequest, run_batch_pass
+from tubetune.llm.client import LLMClient
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
 from tubetune.prompts import PromptTemplate, format_seconds, load_prompt
@@ -86,6 +87,28 @@ def check_answers(n_questions: int) -> Any:
     return validate
 
 
+def load_questions(questions_path: str | Path) -> dict[str, list[Question]]:
+    """Validated questions of one video grouped by chunk id, in file order."""
+    by_chunk: dict[str, list[Question]] = defaultdict(list)
+    for row in read_jsonl(questions_path):
+        question = Question.model_validate(row)
+        by_chunk[question.chunk_id].append(question)
+    return dict(by_chunk)
+
+
+def answer_plan(
+    chunks: Mapping[str, Chunk],
+    by_chunk: Mapping[str, Sequence[Question]],
+    prompt: PromptTemplate,
+    llm: LLMSettings,
+) -> list[tuple[str, list[Question], LLMRequest]]:
+    """Every answer request: (chunk id, its questions, request), one request per chunk."""
+    return [
+        (chunk_id, list(questions), answer_request(chunks[chunk_id], questions, prompt, llm))
+        for chunk_id, questions in by_chunk.items()
+    ]
+
+
 def answer_questions(
     questions_path: str | Path,
     chunks_path: str | Path,
@@ -94,28 +117,34 @@ def answer_questions(
     dropped_path: str | Path,
     llm_config: Mapping[str, Any],
     client: LLMClient | None = None,
+    usage_path: str | Path | None = None,
+    batch_report: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Answer each chunk's questions from that chunk alone, up to ``llm.concurrency`` requests at once.
+
+    ``batch_report`` (``llm.mode: batch``): every reply comes from the cache, filled by the batch
+    pass. ``usage_path`` receives what the LLM calls of this job cost.
+    """
+    started = time.monotonic()
     llm = LLMSettings.from_config(llm_config)
     prompt = load_prompt(prompt_path, PLACEHOLDERS)
-    client = client or LLMClient(llm)
+    if client is None:
+        client = LLMClient(llm, backend=BatchResultBackend(batch_report) if batch_report else None)
     chunks = {chunk.chunk_id: chunk for chunk in load_chunks(chunks_path)}
-    by_chunk: dict[str, list[Question]] = defaultdict(list)
-    for row in read_jsonl(questions_path):
-        question = Question.model_validate(row)
-        by_chunk[question.chunk_id].append(question)
-
+    plan = answer_plan(chunks, load_questions(questions_path), prompt, llm)
+    outcomes = client.complete_all(
+        [(request, check_answers(len(questions))) for _, questions, request in plan],
+        "answer questions",
+        "chunk",
+    )
     qa: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
-    for chunk_id, questions in tqdm(by_chunk.items(), desc="answer questions", unit="chunk"):
-        chunk = chunks[chunk_id]
-        request = answer_request(chunk, questions, prompt, llm)
-        try:
-            result = client.complete_json(request, validate=check_answers(len(questions)))
-        except (InvalidOutputError, BackendError) as exc:
-            logger.warning("%s: answers quarantined (%s)", chunk_id, exc)
-            dropped.extend(_dropped(q, "answer request quarantined: " + str(exc)) for q in questions)
+    for (chunk_id, questions, _), outcome in zip(plan, outcomes, strict=True):
+        if isinstance(outcome, TubetuneError):
+            logger.warning("%s: answers quarantined (%s)", chunk_id, outcome)
+            dropped.extend(_dropped(q, "answer request quarantined: " + str(outcome)) for q in questions)
             continue
-        for item in sorted(result.data["answers"], key=lambda a: a["index"]):
+        for item in sorted(outcome.data["answers"], key=lambda a: a["index"]):
             question = questions[item["index"] - 1]
             if not item["answerable"]:
                 dropped.append(_dropped(question, "not answered by its chunk: " + item["reason"].strip()))
@@ -139,7 +168,30 @@ def answer_questions(
     write_jsonl(dropped_path, dropped)
     logger.info("%d answered, %d dropped", len(qa), len(dropped))
     client.log_summary()
+    if usage_path is not None:
+        job = f"answer_questions/{Path(out_path).stem}"
+        write_json(usage_path, client.usage_record("answers", job, time.monotonic() - started))
     return qa, dropped
+
+
+def batch_answers(
+    question_paths: Sequence[str | Path],
+    chunk_paths: Sequence[str | Path],
+    prompt_path: str | Path,
+    out_path: str | Path,
+    llm_config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``llm.mode: batch``: every video's answer requests through Message Batches, into the cache."""
+    llm = LLMSettings.from_config(llm_config)
+    prompt = load_prompt(prompt_path, PLACEHOLDERS)
+    chunks = {chunk.chunk_id: chunk for path in chunk_paths for chunk in load_chunks(path)}
+    planned: list[PlannedRequest] = []
+    for path in question_paths:
+        for chunk_id, questions, request in answer_plan(chunks, load_questions(path), prompt, llm):
+            planned.append(PlannedRequest(request, check_answers(len(questions)), chunk_id))
+    report = run_batch_pass("answers", planned, LLMClient(llm))
+    write_json(out_path, report)
+    return report
 
 
 def _dropped(question: Question, reason: str) -> dict[str, Any]:

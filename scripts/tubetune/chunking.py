@@ -2,18 +2,36 @@
 
 Token counts are estimated (words x 1.3, the usual ratio for English BPE tokenizers) so chunking does
 not depend on the model being trained: changing the base model must not invalidate LLM responses.
+
+Caption artifacts (non-speech tags such as ``[Music]``, ``(applause)``, ``[ __ ]``, ``♪ ... ♪``, ``>>``)
+are removed before chunking; a caption line without them keeps its text exactly.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 TOKENS_PER_WORD = 1.3
-_NON_SPEECH = re.compile(r"^\s*[\[(][^\])]*[\])]\s*$")  # [Music], (applause)
+# Square brackets hold only non-speech in captions: [Music], [Applause], [Laughter], [ __ ] (censored).
+_BRACKETED = re.compile(r"\[[^\[\]]*\]")
+# Parentheses may hold speech, so only a whole parenthesised line or a short sound tag is removed.
+_PARENTHESISED_LINE = re.compile(r"^\([^()]*\)$")
+_SOUND_WORDS = (
+    r"music|applau\w*|laugh\w*|chuckl\w*|giggl\w*|cheer\w*|clap\w*|sigh\w*|cough\w*|gasp\w*|groan\w*|"
+    r"sniff\w*|whisper\w*|mumbl\w*|inaudible|indistinct|crosstalk|silence|foreign|singing|humming|"
+    r"whistl\w*|beep\w*|bleep\w*|noise|static|upbeat"
+)
+_SOUND_TAG = re.compile(rf"\((?=[^()]*\b(?:{_SOUND_WORDS})\b)[^()]{{1,40}}\)", re.IGNORECASE)
+# A sung passage between music notes on one caption line, or a lone note.
+_NOTES = "♪♫🎵🎶"
+_SUNG = re.compile(rf"[{_NOTES}][^{_NOTES}]*[{_NOTES}]|[{_NOTES}]")
+_SPEAKER_MARK = re.compile(r"(?:>|&gt;){2,}")  # >> at a change of speaker
+_WORD = re.compile(r"\w")
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s*$")
 PAUSE_S = 1.0
 
@@ -48,15 +66,71 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.split()) * TOKENS_PER_WORD)
 
 
+def remove_caption_artifacts(text: str) -> str:
+    """``text`` on one line without non-speech tags; text without tags comes back with its words unchanged."""
+    text = " ".join(text.split())
+    if _PARENTHESISED_LINE.match(text):
+        return ""
+    for pattern in (_BRACKETED, _SOUND_TAG, _SUNG, _SPEAKER_MARK):
+        text = pattern.sub(" ", text)
+    return " ".join(text.split())
+
+
 def speech_snippets(raw: Sequence[dict[str, Any]]) -> list[Snippet]:
-    """Snippets with text, dropping non-speech annotations such as ``[Music]``."""
+    """Snippets with their caption artifacts removed; a snippet left without text is dropped."""
     snippets = []
     for item in raw:
-        text = " ".join(str(item["text"]).split())
-        if not text or _NON_SPEECH.match(text):
+        text = remove_caption_artifacts(str(item["text"]))
+        if not text:
             continue
         snippets.append(Snippet(text=text, start=float(item["start"]), duration=float(item["duration"])))
     return snippets
+
+
+@dataclass(frozen=True)
+class SpeechCount:
+    """Words of a transcript once caption artifacts are removed.
+
+    ``filler`` is a word that makes up more than half of them, as the "you" that auto-captions write
+    under music; its ``filler_repeats`` do not count as speech.
+    """
+
+    words: int
+    filler: str | None = None
+    filler_repeats: int = 0
+
+    @property
+    def speech_words(self) -> int:
+        return self.words - self.filler_repeats
+
+
+def count_speech(snippets: Sequence[Snippet]) -> SpeechCount:
+    """Count words (tokens with a letter or digit) and find a filler word that dominates them."""
+    words = [
+        word.strip(".,!?;:…\"'()-").lower()
+        for snippet in snippets
+        for word in snippet.text.split()
+        if _WORD.search(word)
+    ]
+    if not words:
+        return SpeechCount(words=0)
+    word, repeats = Counter(words).most_common(1)[0]
+    if repeats * 2 > len(words):
+        return SpeechCount(words=len(words), filler=word, filler_repeats=repeats)
+    return SpeechCount(words=len(words))
+
+
+def too_little_speech(count: SpeechCount, min_words: int) -> str | None:
+    """Why a transcript has too little speech to ask questions about, or None."""
+    if count.speech_words >= max(min_words, 1):
+        return None
+    limit = f"(chunk.min_words: {min_words})"
+    if count.filler is None or count.words < min_words:
+        return f"too little speech: {count.words} words after removing caption artifacts {limit}"
+    return (
+        f"too little speech: {count.speech_words} words after removing caption artifacts and "
+        f"{count.filler_repeats} repeats of '{count.filler}' {limit}"
+    )
 
 
 def _boundary_strength(snippets: Sequence[Snippet], i: int) -> int:
@@ -103,8 +177,15 @@ def split_snippets(snippets: Sequence[Snippet], max_tokens: int, min_tokens: int
 def chunk_transcript(
     video_id: str, title: str, raw_snippets: Sequence[dict[str, Any]], max_tokens: int, min_tokens: int
 ) -> list[Chunk]:
+    return chunk_snippets(video_id, title, speech_snippets(raw_snippets), max_tokens, min_tokens)
+
+
+def chunk_snippets(
+    video_id: str, title: str, snippets: Sequence[Snippet], max_tokens: int, min_tokens: int
+) -> list[Chunk]:
+    """Chunks of snippets already cleaned by :func:`speech_snippets`."""
     chunks = []
-    for index, group in enumerate(split_snippets(speech_snippets(raw_snippets), max_tokens, min_tokens)):
+    for index, group in enumerate(split_snippets(snippets, max_tokens, min_tokens)):
         text = " ".join(s.text for s in group)
         chunks.append(
             Chunk(

@@ -15,8 +15,9 @@ from typing import Any
 
 from tubetune.chunking import estimate_tokens
 from tubetune.dedup import find_duplicates
-from tubetune.errors import ConfigError
+from tubetune.errors import ConfigError, TubetuneError
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from tubetune.llm.spend import LEDGER_MD, dollars_text, ledger_cost
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,20 @@ def _read_filtered(path: str | Path) -> list[dict[str, str]]:
 
 def build_dataset(
     qa_paths: Sequence[str | Path],
-    transcript_paths: Sequence[str | Path],
+    chunk_status_paths: Sequence[str | Path],
     quarantine_paths: Sequence[str | Path],
     dropped_paths: Sequence[str | Path],
     selected_path: str | Path,
     filtered_path: str | Path,
     out_dir: str | Path,
     dataset_config: Mapping[str, Any],
+    ledger_path: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Write the splits, dropped.jsonl, skipped_videos.tsv, stats.json/.md and lengths.png to ``out_dir``.
+
+    ``ledger_path``: the LLM ledger (ledger.json) whose total goes into the statistics as ``llm``;
+    None leaves it out.
+    """
     settings = DatasetSettings.from_config(dataset_config)
     out = Path(out_dir)
     listing = read_json(selected_path)
@@ -165,12 +172,18 @@ def build_dataset(
     rows.sort(key=lambda r: str(r["qa_id"]))
     drops: Counter[str] = Counter()
     dropped_rows: list[dict[str, Any]] = []
+    quarantined: Counter[str] = Counter()
+    quarantined_questions = 0
     for path in quarantine_paths:
         for row in read_jsonl(path):
             drops[f"{row.get('stage', 'extract')}: {_reason_key(row.get('reason'))}"] += 1
+            quarantined[_reason_key(row.get("reason"))] += 1
+            quarantined_questions += "question" in row
+    answer_drops: Counter[str] = Counter()
     for path in dropped_paths:
         for row in read_jsonl(path):
             drops[f"answer: {_reason_key(row.get('reason'))}"] += 1
+            answer_drops[_reason_key(row.get("reason"))] += 1
 
     # Quality filters first, so a bad pair never wins over its good duplicate.
     kept: list[dict[str, Any]] = []
@@ -202,6 +215,20 @@ def build_dataset(
         )
     kept = [row for i, row in enumerate(kept) if i not in removed]
 
+    statuses = [read_json(path) for path in chunk_status_paths]
+    skipped = _skipped_videos(statuses, filtered_path)
+    if not kept:
+        raise TubetuneError(
+            no_usable_qa_message(
+                questions=quarantined_questions + sum(answer_drops.values()) + len(rows),
+                chunks=sum(int(status.get("chunks") or 0) for status in statuses),
+                quarantined=quarantined,
+                dropped=answer_drops + Counter(str(row["reason"]) for row in dropped_rows),
+                skipped=Counter(_reason_key(v["reason"]) for v in skipped),
+                review_dir=out.parent / "review",
+            )
+        )
+
     assignment = split_videos([row["video_id"] for row in kept], settings.split, settings.seed)
     examples: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for row in kept:
@@ -210,13 +237,13 @@ def build_dataset(
         write_jsonl(out / f"{name}.jsonl", examples[name])
     write_jsonl(out / "dropped.jsonl", dropped_rows)
 
-    skipped = _skipped_videos(transcript_paths, filtered_path)
     with (out / "skipped_videos.tsv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["video_id", "title", "stage", "reason"])
         writer.writerows([v["video_id"], v["title"], v["stage"], v["reason"]] for v in skipped)
 
-    stats = _statistics(kept, examples, assignment, drops, skipped, channel, system_prompt)
+    llm = ledger_cost(ledger_path) if ledger_path is not None else None
+    stats = _statistics(kept, examples, assignment, drops, skipped, channel, system_prompt, llm)
     write_json(out / "stats.json", stats)
     atomic_write_text(out / "stats.md", render_stats_markdown(stats))
     plot_lengths(kept, out / "lengths.png")
@@ -236,24 +263,54 @@ def _reason_key(reason: Any) -> str:
 
 
 def _skipped_videos(
-    transcript_paths: Sequence[str | Path], filtered_path: str | Path
+    chunk_statuses: Sequence[Mapping[str, Any]], filtered_path: str | Path
 ) -> list[dict[str, str]]:
+    """Videos filtered out of the listing, then videos whose chunk status says why they have no chunks."""
     skipped = [
         {"video_id": row["video_id"], "title": row["title"], "stage": "list", "reason": row["reason"]}
         for row in _read_filtered(filtered_path)
     ]
-    for path in transcript_paths:
-        transcript = read_json(path)
-        if transcript.get("status") != "ok":
+    for status in chunk_statuses:
+        if status.get("status") != "ok":
             skipped.append(
                 {
-                    "video_id": str(transcript["video_id"]),
-                    "title": str(transcript.get("title") or ""),
-                    "stage": "transcript",
-                    "reason": str(transcript.get("reason")),
+                    "video_id": str(status["video_id"]),
+                    "title": str(status.get("title") or ""),
+                    "stage": str(status["stage"]),
+                    "reason": str(status.get("reason")),
                 }
             )
     return skipped
+
+
+def _top(counts: Counter[str], n: int = 3) -> str:
+    """The ``n`` commonest reasons with their counts, e.g. "40 not a question, 8 too short, 2 other"."""
+    if not counts:
+        return "none"
+    parts = [f"{count} {reason}" for reason, count in counts.most_common(n)]
+    rest = sum(counts.values()) - sum(count for _, count in counts.most_common(n))
+    return ", ".join(parts + ([f"{rest} other"] if rest else []))
+
+
+def no_usable_qa_message(
+    questions: int,
+    chunks: int,
+    quarantined: Counter[str],
+    dropped: Counter[str],
+    skipped: Counter[str],
+    review_dir: str | Path,
+) -> str:
+    """One line saying why no Q&A pair is left, with the commonest quarantine, drop and skip reasons."""
+    if chunks == 0:
+        return (
+            f"no usable Q&A: no video has chunks to ask questions about (skipped videos: {_top(skipped)}); "
+            "check the source (source.*) and chunk.min_words"
+        )
+    return (
+        f"no usable Q&A: 0 of {questions} questions from {chunks} chunk{'s' if chunks != 1 else ''} survived "
+        f"(quarantined: {_top(quarantined)}; dropped: {_top(dropped)}); "
+        f"check the LLM (llm.backend/llm.model) and {Path(review_dir).as_posix()}/"
+    )
 
 
 def _statistics(
@@ -264,6 +321,7 @@ def _statistics(
     skipped: Sequence[Mapping[str, str]],
     channel: str,
     system_prompt: str,
+    llm: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     per_video: dict[str, dict[str, Any]] = defaultdict(lambda: {"examples": 0})
     for row in kept:
@@ -290,6 +348,7 @@ def _statistics(
         "dropped": dict(sorted(drops.items())),
         "dropped_total": sum(drops.values()),
         "skipped_videos": list(skipped),
+        **({"llm": dict(llm)} if llm is not None else {}),
     }
 
 
@@ -326,7 +385,24 @@ def render_stats_markdown(stats: Mapping[str, Any]) -> str:
         f"| `{v['video_id']}` | {v['title']} | {v['stage']} | {v['reason']} |"
         for v in stats["skipped_videos"]
     ]
+    if "llm" in stats:
+        lines += ["", *_llm_cost_markdown(stats["llm"])]
     return "\n".join(lines) + "\n"
+
+
+def _llm_cost_markdown(cost: Mapping[str, Any]) -> list[str]:
+    """The "LLM cost" section: the ledger's total and where the per-pass ledger is."""
+    return [
+        "## LLM cost",
+        "",
+        "| LLM calls | requests | cache hits | tokens in | tokens out | cache read | cache write | dollars |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {cost['calls']:,} | {cost['requests']:,} | {cost['cache_hits']:,} | {cost['input_tokens']:,} "
+        f"| {cost['output_tokens']:,} | {cost['cache_read_input_tokens']:,} "
+        f"| {cost['cache_creation_input_tokens']:,} | {dollars_text(cost)} |",
+        "",
+        f"Per pass and mode: [{LEDGER_MD}](../llm/ledger.md).",
+    ]
 
 
 def plot_lengths(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:

@@ -30,6 +30,7 @@ from tubetune.evaluate.metrics import (
     which_is_better,
 )
 from tubetune.jsonio import read_json, read_jsonl, write_json, write_jsonl
+from tubetune.llm.spend import ledger_cost
 
 if TYPE_CHECKING:
     from tubetune.evaluate.generate import GenerationRun
@@ -88,6 +89,7 @@ class EvalInputs:
     loss_png: Path
     train_summary: Path
     dataset_stats: Path
+    llm_ledger: Path | None = None  # the LLM ledger.json behind the dataset: metrics llm_cost, report line
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ def evaluate(
     examples = read_test_set(inputs.test, settings.max_examples)
     train_summary = read_json(inputs.train_summary)
     dataset_stats = read_json(inputs.dataset_stats)
+    llm_cost = ledger_cost(inputs.llm_ledger) if inputs.llm_ledger is not None else None
     logger.info("evaluating %d test examples from %s", len(examples), inputs.test)
 
     generation = GenerationSettings(
@@ -298,12 +301,14 @@ def evaluate(
         },
         "blas": loss_module.BLAS,
         **({"train_run": run} if run else {}),
+        **({"llm_cost": llm_cost} if llm_cost is not None else {}),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
     })
     side_by_side = select_side_by_side([e.question for e in examples], settings.n_side_by_side)
     html = render_report(
         metrics, answer_rows, side_by_side,
         loss_png=inputs.loss_png, train_summary=train_summary, dataset_stats=dataset_stats, run=run,
+        llm_cost=llm_cost,
     )
     write_jsonl(outputs.answers, answer_rows)
     write_json(outputs.metrics, metrics)

@@ -17,6 +17,7 @@ import jinja2
 from tubetune.errors import InputFileError
 from tubetune.evaluate.metrics import METRICS, Better
 from tubetune.jsonio import atomic_write_text
+from tubetune.llm.spend import LEDGER_MD, cost_sentence
 
 TEMPLATES = Path(__file__).parent / "templates"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -166,9 +167,11 @@ def render_report(
     dataset_stats: Mapping[str, Any],
     title: str = "tubetune evaluation: base vs tuned",
     run: str | None = None,
+    llm_cost: Mapping[str, Any] | None = None,
 ) -> str:
     """The report HTML (self-contained: no external CSS, script or image); ``run``: the training run
-    fused into the tuned model (the winner of the sweep)."""
+    fused into the tuned model (the winner of the sweep); ``llm_cost``: the LLM ledger's total behind
+    the dataset (:func:`tubetune.llm.spend.ledger_cost`), shown near the top, or None for no line."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -203,6 +206,7 @@ def render_report(
         },
         "training": training_context(train_summary),
         "run": run,
+        "llm_cost": None if llm_cost is None else {"sentence": cost_sentence(llm_cost), "ledger": LEDGER_MD},
         "loss_png": png_base64(loss_png),
         "dataset_rows": flatten(dataset_stats),
         "side_by_side": [

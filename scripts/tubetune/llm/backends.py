@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 ANTHROPIC_KEY_ENV = "ANTHROPIC_API_KEY"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Rate limited / overloaded: after the SDK's own retries, every thread of the job waits and tries again.
+RATE_LIMIT_STATUS = frozenset({429, 529})
+RATE_LIMIT_MAX_PAUSE_S = 60.0
 
 
 class BackendError(TubetuneError):
@@ -71,6 +76,7 @@ class AnthropicBackend:
         self._api_key = api_key
         self._client: anthropic.Anthropic | None = None
         self._lock = threading.Lock()
+        self._gate = RateGate()
 
     def client(self) -> anthropic.Anthropic:
         with self._lock:
@@ -94,49 +100,49 @@ class AnthropicBackend:
 
     def complete(self, request: LLMRequest) -> Completion:
         import anthropic
-        from anthropic.types import AssistantMessageParam, MessageParam, OutputConfigParam, UserMessageParam
 
         client = self.client()
-        messages: list[MessageParam] = [
-            UserMessageParam(role="user", content=m.content)
-            if m.role == "user"
-            else AssistantMessageParam(role="assistant", content=m.content)
-            for m in request.messages
-        ]
-        output_config: OutputConfigParam = {"format": {"type": "json_schema", "schema": wire_schema(request)}}
-        try:
-            if request.system:
-                message = client.messages.create(
-                    model=request.model,
-                    max_tokens=request.max_tokens,
-                    system=request.system,
-                    messages=messages,
-                    output_config=output_config,
-                )
-            else:
-                message = client.messages.create(
-                    model=request.model,
-                    max_tokens=request.max_tokens,
-                    messages=messages,
-                    output_config=output_config,
-                )
-        except anthropic.APIStatusError as exc:
-            raise BackendError(self._status_reason(exc), exc.status_code) from exc
-        except anthropic.APITimeoutError as exc:
-            raise BackendError(
-                f"anthropic: no answer from {client.base_url} within {self.settings.timeout_s:g} s "
-                f"(after {self.settings.max_retries} retries; raise llm.timeout_s?)"
-            ) from exc
-        except anthropic.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise BackendError(
-                f"anthropic: cannot connect to {client.base_url} (after {self.settings.max_retries} "
-                f"retries): {_one_line(str(cause))}"
-            ) from exc
-        except anthropic.APIError as exc:
-            raise BackendError(f"anthropic: {_one_line(exc.message)}") from exc
-        text = "".join(block.text for block in message.content if block.type == "text")
-        return Completion(text=text, usage=_anthropic_usage(message.usage), stop_reason=message.stop_reason)
+        params = message_params(request, self.settings)
+        waited = 0.0
+        while True:
+            self._gate.wait()
+            try:
+                message = client.messages.create(**params)
+            except anthropic.APIStatusError as exc:
+                if exc.status_code in RATE_LIMIT_STATUS:
+                    pause = retry_after_s(exc.response.headers, self._gate.failures + 1)
+                    if waited + pause <= self.settings.rate_limit_wait_s:
+                        waited += pause
+                        self._gate.pause(pause)
+                        logger.info(
+                            "request %s: HTTP %d, all requests wait %.1f s (%.0f s of llm.rate_limit_wait_s "
+                            "%.0f s used)",
+                            request.key()[:12],
+                            exc.status_code,
+                            pause,
+                            waited,
+                            self.settings.rate_limit_wait_s,
+                        )
+                        continue
+                raise BackendError(self._status_reason(exc), exc.status_code) from exc
+            except anthropic.APITimeoutError as exc:
+                raise BackendError(
+                    f"anthropic: no answer from {client.base_url} within {self.settings.timeout_s:g} s "
+                    f"(after {self.settings.max_retries} retries; raise llm.timeout_s?)"
+                ) from exc
+            except anthropic.APIConnectionError as exc:
+                cause = exc.__cause__ or exc
+                raise BackendError(
+                    f"anthropic: cannot connect to {client.base_url} (after {self.settings.max_retries} "
+                    f"retries): {_one_line(str(cause))}"
+                ) from exc
+            except anthropic.APIError as exc:
+                raise BackendError(f"anthropic: {_one_line(exc.message)}") from exc
+            self._gate.succeeded()
+            text = "".join(block.text for block in message.content if block.type == "text")
+            return Completion(
+                text=text, usage=_anthropic_usage(message.usage), stop_reason=message.stop_reason
+            )
 
     def _status_reason(self, exc: anthropic.APIStatusError) -> str:
         retried = exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
@@ -145,6 +151,80 @@ class AnthropicBackend:
         detail = exc.api_message or exc.message
         hint = f" (check {ANTHROPIC_KEY_ENV})" if exc.status_code in (401, 403) else ""
         return f"anthropic: HTTP {exc.status_code}{kind}{after}: {_one_line(detail)}{hint}"
+
+
+class RateGate:
+    """A pause shared by the threads of one backend: after a 429/529 no thread sends until it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resume_at = 0.0
+        self.failures = 0
+
+    def wait(self) -> None:
+        while True:
+            with self._lock:
+                delay = self._resume_at - time.monotonic()
+            if delay <= 0:
+                return
+            time.sleep(delay)
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self.failures += 1
+            self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failures = 0
+
+
+def retry_after_s(headers: Mapping[str, str], failures: int) -> float:
+    """The wait a 429/529 answer asks for (retry-after-ms, then retry-after in seconds), else an
+    exponential backoff from 1 s by the number of failures in a row; at most 60 s."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return min(seconds, RATE_LIMIT_MAX_PAUSE_S)
+    return min(2.0 ** (failures - 1), RATE_LIMIT_MAX_PAUSE_S)
+
+
+def uses_prompt_cache(request: LLMRequest, settings: LLMSettings) -> bool:
+    """True when the system prompt reaches the model's minimum cacheable prefix (llm.cache_min_tokens)."""
+    minimum = settings.cache_min_tokens.get(request.model)
+    if not minimum or not request.system:
+        return False
+    from tubetune.llm.cost import count_tokens
+
+    return count_tokens(request.system) >= minimum
+
+
+def message_params(request: LLMRequest, settings: LLMSettings) -> dict[str, Any]:
+    """The Messages API parameters of ``request`` (online calls and Message Batches items alike).
+
+    The system prompt goes as a text block with ``cache_control`` when it is long enough to be
+    cached (:func:`uses_prompt_cache`); the request's cache key does not depend on it.
+    """
+    params: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [m.to_dict() for m in request.messages],
+        "output_config": {"format": {"type": "json_schema", "schema": wire_schema(request)}},
+    }
+    if request.system:
+        if uses_prompt_cache(request, settings):
+            params["system"] = [
+                {"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}
+            ]
+        else:
+            params["system"] = request.system
+    return params
 
 
 def wire_schema(request: LLMRequest) -> dict[str, Any]:

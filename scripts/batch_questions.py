@@ -1,0 +1,15 @@
+"""Rule batch_questions (llm.mode: batch): every video's extraction requests as Message Batches."""
+
+from tubetune.logs import run_step
+from tubetune.questions import batch_questions
+
+run_step(
+    snakemake.log[0],
+    lambda: batch_questions(
+        chunk_paths=snakemake.input.chunks,
+        prompt_path=snakemake.input.prompt,
+        out_path=snakemake.output[0],
+        llm_config=snakemake.config["llm"],
+        question_config=snakemake.params.questions,
+    ),
+)

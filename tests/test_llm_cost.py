@@ -1,0 +1,383 @@
+"""Prices and dollars, the ledger of usage records, and the offline estimate before a run."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tubetune.config import validate_config
+from tubetune.errors import ConfigError, InputFileError
+from tubetune.jsonio import write_json
+from tubetune.llm.cache import CachedResponse, ResponseCache
+from tubetune.llm.cost import Price, count_tokens, dollars, price_for, price_table, request_tokens
+from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate_step
+from tubetune.llm.ledger import ledger_step, ledger_total
+from tubetune.llm.request import LLMRequest, Message
+from tubetune.llm.settings import LLMSettings
+from tubetune.prompts import load_prompt
+from tubetune.questions import PLACEHOLDERS, QuestionSettings, extraction_plan, load_chunks
+from tubetune.sources import fetch_transcript_step, list_videos_step
+from tubetune.steps import chunk_step
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+SONNET = Price(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30, batch_discount=0.5)
+
+
+def project_config() -> dict[str, Any]:
+    """config.yaml with every default filled in from config.schema.yaml; paths made absolute."""
+    config: dict[str, Any] = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    validate_config(config, ROOT / "config.schema.yaml")
+    config["llm"]["seed_cache_dirs"] = [str(ROOT / d) for d in config["llm"]["seed_cache_dirs"]]
+    for section in ("questions", "answers"):
+        config[section]["prompt"] = str(ROOT / config[section]["prompt"])
+    return config
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def make_chunks(tmp_path: Path, config: dict[str, Any], names: list[str] | None = None) -> list[Path]:
+    """Chunk files of the sample's videos (all, or those in ``names``) made by the workflow's own steps."""
+    source = dict(config["source"])
+    source.update(
+        listing=str(ROOT / source["listing"]), transcripts_dir=str(ROOT / source["transcripts_dir"])
+    )
+    listing = list_videos_step(source, tmp_path / "selected.json", tmp_path / "filtered.tsv")
+    paths = []
+    for video in listing.videos:
+        if names is not None and video.id not in names:
+            continue
+        transcript = tmp_path / "transcripts" / f"{video.id}.json"
+        local = SAMPLE / "transcripts" / f"{video.id}.json"
+        fetch_transcript_step(video.model_dump(mode="json"), source, local, transcript)
+        out = tmp_path / "chunks" / f"{video.id}.jsonl"
+        chunk_step(transcript, out, tmp_path / "chunks" / f"{video.id}.status.json", config["chunk"])
+        paths.append(out)
+    assert paths
+    return paths
+
+
+def run_estimate(tmp_path: Path, config: dict[str, Any], chunk_paths: list[Path]) -> dict[str, Any]:
+    result = estimate_step(
+        chunk_paths,
+        config["questions"]["prompt"],
+        config["answers"]["prompt"],
+        config["llm"],
+        {k: v for k, v in config["questions"].items() if k != "prompt"},
+        tmp_path / "estimate.json",
+        tmp_path / "estimate.md",
+    )
+    assert json.loads((tmp_path / "estimate.json").read_text()) == result
+    return result
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+
+
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def test_dollars_on_known_numbers() -> None:
+    million = 1_000_000
+    assert dollars(million, million, price=SONNET) == pytest.approx(18.0)
+    assert dollars(million, million, price=SONNET, batch=True) == pytest.approx(9.0)
+    assert dollars(cache_read_tokens=million, price=SONNET) == pytest.approx(0.1 * SONNET.input)
+    assert dollars(cache_write_tokens=million, price=SONNET) == pytest.approx(1.25 * SONNET.input)
+    assert dollars(2_000, 500, 10_000, 1_000, price=SONNET) == pytest.approx(
+        (2_000 * 3 + 500 * 15 + 10_000 * 0.3 + 1_000 * 3.75) / million
+    )
+
+
+def test_price_table_from_the_schema_defaults_and_unknown_models() -> None:
+    prices = price_table(project_config()["llm"]["prices"])
+    assert prices["claude-sonnet-4-6"] == SONNET
+    assert prices["claude-haiku-4-5"].input == 1.0 and prices["claude-opus-4-5"].output == 25.0
+    assert price_for(prices, "anthropic", "claude-unknown-9") is None
+    local = price_for(prices, "llama_cpp", "gguf:model.gguf")
+    assert local is not None and dollars(10**6, 10**6, price=local) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"input": 3, "output": 15, "cache_read": 0.3, "batch_discount": 0.5}, "missing cache_write"),
+        ({"input": 3, "output": 15, "cache_write": 3, "cache_read": 0.3, "cost": 1}, "unknown key 'cost'"),
+        ({"input": -1, "output": 15, "cache_write": 3, "cache_read": 0.3}, "'input' must be a number >= 0"),
+        (
+            {"input": 3, "output": 15, "cache_write": 3, "cache_read": 0.3, "batch_discount": 0},
+            "in \\(0, 1\\]",
+        ),
+    ],
+)
+def test_bad_price_entries_are_one_line_errors(entry: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^llm.prices.m: .*{message}") as info:
+        price_table({"m": entry})
+    assert "\n" not in str(info.value)
+
+
+def test_offline_token_count() -> None:
+    assert count_tokens("") == 0
+    assert count_tokens("abcdefg") == 2
+    assert count_tokens("x" * 3500) == 1000
+    request = LLMRequest("anthropic", "m", "s" * 35, (Message("user", "u" * 70),), {"type": "object"}, 64)
+    assert request_tokens(request) == 10 + 20 + count_tokens('{"type":"object"}')
+
+
+# -------------------------------------------------------------------------------------------- ledger
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "pass": "questions",
+        "mode": "online",
+        "backend": "anthropic",
+        "model": "claude-sonnet-4-6",
+        "job": "extract_questions/v1",
+        "requests": 10,
+        "cache_hits": 4,
+        "calls": 7,
+        "reasks": 1,
+        "valid": 9,
+        "invalid": 1,
+        "batches": 0,
+        "input_tokens": 20_000,
+        "output_tokens": 3_000,
+        "cache_read_input_tokens": 5_000,
+        "cache_creation_input_tokens": 1_000,
+        "wall_s": 12.5,
+    }
+    return base | changes
+
+
+def write_records(tmp_path: Path, records: list[dict[str, Any]]) -> list[Path]:
+    paths = []
+    for number, data in enumerate(records):
+        path = tmp_path / "usage" / f"{number}.json"
+        write_json(path, data)
+        paths.append(path)
+    return paths
+
+
+def test_ledger_rows_and_total_are_the_sums_of_the_records(tmp_path: Path) -> None:
+    records = [
+        record(),
+        record(job="extract_questions/v2", calls=3, input_tokens=8_000, wall_s=4.0),
+        record(**{"pass": "answers"}, job="answer_questions/v1", output_tokens=9_000),
+        record(mode="batch", job="batch/questions", batches=2, reasks=0),
+        record(backend="llama_cpp", model="gguf:m.gguf", **{"pass": "answers"}),
+    ]
+    config = {"prices": project_config()["llm"]["prices"]}
+    ledger = ledger_step(write_records(tmp_path, records), config, tmp_path / "l.json", tmp_path / "l.md")
+    assert [(r["pass"], r["mode"], r["jobs"]) for r in ledger["rows"]] == [
+        ("questions", "online", 2),
+        ("answers", "online", 2),
+        ("questions", "batch", 1),
+    ]
+    total = ledger["total"]
+    for key in ("requests", "cache_hits", "calls", "reasks", "batches", "input_tokens", "output_tokens"):
+        assert total[key] == sum(r[key] for r in records)
+        assert total[key] == sum(row[key] for row in ledger["rows"])
+    assert total["wall_s"] == pytest.approx(sum(r["wall_s"] for r in records))
+
+    def cost(r: dict[str, Any], batch: bool = False) -> float:
+        tokens = (
+            r["input_tokens"],
+            r["output_tokens"],
+            r["cache_read_input_tokens"],
+            r["cache_creation_input_tokens"],
+        )
+        return dollars(*tokens, price=SONNET, batch=batch)
+
+    online = cost(records[0]) + cost(records[1]) + cost(records[2])
+    batch = cost(records[3], batch=True)
+    assert batch == pytest.approx(cost(records[3]) / 2)
+    assert total["dollars"] == pytest.approx(online + batch)
+    assert ledger["rows"][1]["dollars"] == pytest.approx(cost(records[2]))  # the llama_cpp job is free
+    markdown = (tmp_path / "l.md").read_text()
+    assert total["dollars"] < 1
+    assert f"Total: ${total['dollars']:,.4f} for {total['calls']} LLM calls" in markdown
+    assert ledger_total(tmp_path / "l.json") == {
+        key: total[key]
+        for key in (
+            "requests",
+            "cache_hits",
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "dollars",
+        )
+    }
+
+
+def test_a_model_without_a_price_makes_dollars_unknown_not_zero(tmp_path: Path) -> None:
+    records = [
+        record(),
+        record(model="claude-future-7"),
+        record(
+            model="claude-idle-1",
+            **dict.fromkeys(
+                ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"), 0
+            ),
+        ),
+    ]
+    config = {"prices": {"claude-sonnet-4-6": vars(SONNET)}}
+    ledger = ledger_step(write_records(tmp_path, records), config, tmp_path / "l.json", tmp_path / "l.md")
+    assert ledger["rows"][0]["dollars"] is None and ledger["total"]["dollars"] is None
+    assert ledger["unpriced_models"] == ["claude-future-7"]  # no tokens, nothing billed: not unknown
+    assert json.loads((tmp_path / "l.json").read_text())["total"]["dollars"] is None
+    assert (
+        "Total dollars unknown: no price for claude-future-7 (add it to llm.prices)"
+        in (tmp_path / "l.md").read_text()
+    )
+    assert ledger_total(tmp_path / "l.json")["dollars"] is None
+
+
+def test_bad_usage_record_names_the_file_and_field(tmp_path: Path) -> None:
+    [path] = write_records(tmp_path, [record(calls="many")])
+    with pytest.raises(InputFileError, match=f"^{path}: usage record field 'calls': "):
+        ledger_step([path], {}, tmp_path / "l.json", tmp_path / "l.md")
+    [path] = write_records(tmp_path, [{k: v for k, v in record().items() if k != "pass"}])
+    with pytest.raises(InputFileError, match="usage record field 'pass': Field required"):
+        ledger_step([path], {}, tmp_path / "l.json", tmp_path / "l.md")
+
+
+# ------------------------------------------------------------------------------------------ estimate
+
+
+def test_estimate_of_the_sample_is_all_cache_hits(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"]["cache_dir"] = str(tmp_path / "cache")
+    config["llm"]["base_url"] = f"http://127.0.0.1:{closed_port()}"
+    result = run_estimate(tmp_path, config, make_chunks(tmp_path, config))
+    questions, answers = result["passes"]["questions"], result["passes"]["answers"]
+    assert questions["requests"] > 10 and answers["requests"] > 10
+    assert questions["hits"] == questions["requests"] and answers["hits"] == answers["requests"]
+    assert result["totals"]["misses"] == 0 and result["totals"]["input_tokens"] == 0
+    assert result["totals"]["dollars_online"] == 0.0 and result["totals"]["dollars_batch"] == 0.0
+    assert result["calibration"] == {
+        "entries": 0,
+        "ratio": None,
+        "applied": False,
+        "note": "no cache entry written by an API call for claude-sonnet-4-6: counts uncorrected",
+    }
+    assert questions["output_tokens_source"] == "default measured on data/sample/llm_cache"
+    assert "expected cost $0.0000 (online)" in (tmp_path / "estimate.md").read_text()
+
+
+def test_estimate_with_an_empty_cache_projects_every_request(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(
+        cache_dir=str(tmp_path / "cache"), seed_cache_dirs=[], base_url=f"http://127.0.0.1:{closed_port()}"
+    )
+    chunk_paths = make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"])
+    n_chunks = len(load_chunks(chunk_paths[0]))
+    assert n_chunks > 1
+    result = run_estimate(tmp_path, config, chunk_paths)
+    questions, answers = result["passes"]["questions"], result["passes"]["answers"]
+    assert questions["misses"] == questions["requests"] == n_chunks and questions["hits"] == 0
+    assert answers["misses"] == answers["projected"] == n_chunks
+    assert questions["input_tokens"] > 0 and answers["input_tokens"] > questions["input_tokens"]
+    settings = QuestionSettings.from_config(config["questions"])
+    asked = sum(settings.count_for(c.n_tokens) for c in load_chunks(chunk_paths[0]))
+    assert questions["expected_output_tokens"] == round(
+        asked * DEFAULT_OUTPUT_TOKENS_PER_QUESTION["questions"]
+    )
+    assert 0 < result["totals"]["dollars_batch"] < result["totals"]["dollars_online"]
+    assert result["totals"]["dollars_batch"] == pytest.approx(
+        result["totals"]["dollars_online"] / 2, abs=1e-6
+    )
+    assert result["totals"]["dollars"] == result["totals"]["dollars_online"]
+    assert not questions["prompt_caching"] and not answers["prompt_caching"]
+    assert questions["prompt_caching_note"].endswith(
+        "< 2,048 minimum for claude-sonnet-4-6: no prompt caching"
+    )
+    markdown = (tmp_path / "estimate.md").read_text()
+    assert f"{n_chunks} answer requests are projected" in markdown
+    assert not (tmp_path / "cache").exists()  # nothing was called, nothing stored
+
+
+def test_estimate_calibrates_on_real_api_replies(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(cache_dir=str(tmp_path / "cache"), seed_cache_dirs=[])
+    chunk_paths = make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"])
+    uncalibrated = run_estimate(tmp_path, config, chunk_paths)["passes"]["questions"]
+
+    llm = LLMSettings.from_config(config["llm"])
+    prompt = load_prompt(config["questions"]["prompt"], PLACEHOLDERS)
+    settings = QuestionSettings.from_config(config["questions"])
+    [(_, _, first), *rest] = extraction_plan(load_chunks(chunk_paths[0]), prompt, settings, llm)
+    real = 2 * request_tokens(first)  # the API counted twice as many tokens as the offline count
+    reply = {"questions": ["How long should the dough rest before shaping it?"] * 3}
+    usage = {"input_tokens": real - 100, "cache_read_input_tokens": 100, "output_tokens": 60}
+    ResponseCache(llm.cache_dir).put(first, CachedResponse(first.key(), json.dumps(reply), usage, "end_turn"))
+
+    result = run_estimate(tmp_path, config, chunk_paths)
+    calibration, questions = result["calibration"], result["passes"]["questions"]
+    assert calibration["entries"] == 1 and calibration["ratio"] == 2.0 and calibration["applied"]
+    assert questions["hits"] == 1 and questions["misses"] == len(rest)
+    assert questions["counted_input_tokens"] == sum(request_tokens(r) for _, _, r in rest)
+    assert questions["input_tokens"] == 2 * questions["counted_input_tokens"]
+    assert questions["input_tokens"] > uncalibrated["input_tokens"] - 2 * request_tokens(first)
+    assert questions["output_tokens_per_question"] == 20.0  # 60 output tokens for 3 questions
+    assert questions["output_tokens_source"] == "mean of real replies in the cache (3 questions)"
+    # the cached reply's questions are validated (duplicates dropped) and answered for real: a miss
+    assert result["passes"]["answers"]["projected"] == len(rest)
+    assert result["passes"]["answers"]["misses"] == len(rest) + 1
+
+
+def test_estimate_with_a_local_model_counts_tokens_at_no_cost(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(
+        backend="llama_cpp",
+        gguf=str(tmp_path / "tiny.gguf"),
+        cache_dir=str(tmp_path / "cache"),
+        seed_cache_dirs=[],
+    )
+    result = run_estimate(tmp_path, config, make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"]))
+    assert result["model"] == "gguf:tiny.gguf"
+    assert result["totals"]["misses"] > 0 and result["totals"]["input_tokens"] > 0
+    assert result["totals"]["dollars_online"] == 0.0 and result["totals"]["dollars_batch"] == 0.0
+    assert (
+        result["passes"]["questions"]["prompt_caching_note"]
+        == "llama_cpp runs locally: no prompt caching, no cost"
+    )
+
+
+def test_prompt_caching_where_the_system_prompt_reaches_the_minimum(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(cache_dir=str(tmp_path / "cache"), seed_cache_dirs=[])
+    chunk_paths = make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"])
+    plain = run_estimate(tmp_path, config, chunk_paths)["passes"]["questions"]
+    config["llm"]["cache_min_tokens"] = {"claude-sonnet-4-6": 100}
+    cached = run_estimate(tmp_path, config, chunk_paths)["passes"]["questions"]
+    system, misses = cached["system_prompt_tokens"], cached["misses"]
+    assert cached["prompt_caching"] and system >= 100 and misses > 1
+    assert cached["prompt_caching_note"].startswith(f"system prompt ~{system:,} tokens >= 100 minimum")
+    assert cached["cache_write_tokens"] == system and cached["cache_read_tokens"] == system * (misses - 1)
+    plain_input = cached["input_tokens"] - system * misses
+    expected = dollars(
+        plain_input, cached["expected_output_tokens"], system * (misses - 1), system, price=SONNET
+    )
+    assert cached["dollars_online"] == pytest.approx(expected, abs=1e-6)
+    assert cached["dollars_online"] < plain["dollars_online"]
+    del config["llm"]["cache_min_tokens"]["claude-sonnet-4-6"]
+    none = run_estimate(tmp_path, config, chunk_paths)["passes"]["questions"]
+    assert (
+        none["prompt_caching_note"]
+        == "no llm.cache_min_tokens entry for claude-sonnet-4-6: no prompt caching"
+    )
