@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.model.base import (
+    NEAR_TIE_NATS,
     BaseSource,
     PromptCheck,
     base_model_step,
@@ -299,6 +301,12 @@ def test_judge_parity_rules() -> None:
     assert judge_parity([_check("a", [1, 2, 3], [1, 2, 3])]) == ("ok", [])
     status, reasons = judge_parity([_check("a", [1, 2, 3], [1, 2, 4]), _check("b", [5], [5])])
     assert status == "warn" and "diverge after 2" in reasons[0]
+    # a divergence at a near-tie of the converted model is expected from llama.cpp's 8-bit activations
+    near = dataclasses.replace(_check("a", [1, 2, 3], [1, 2, 4]), divergence_gap=0.2)
+    assert judge_parity([near, _check("b", [5], [5])]) == ("ok", [])
+    far = dataclasses.replace(near, divergence_gap=NEAR_TIE_NATS + 0.1)
+    status, reasons = judge_parity([far])
+    assert status == "warn" and "gap 0.60 nats" in reasons[0]
     status, reasons = judge_parity([_check("a", [1, 2], [1, 2], tokenizer_match=False)])
     assert status == "fail" and "tokenization" in reasons[0]
     status, reasons = judge_parity([_check("a", [7, 2], [1, 2]), _check("b", [8], [1])])
@@ -328,7 +336,11 @@ def test_base_model_step_matches_llama_cpp_greedy(bundled_gguf: Path, tmp_path: 
     for prompt in written["prompts"]:
         assert prompt["tokenizer_match"]
         assert len(prompt["converted_tokens"]) == 16
-        assert prompt["converted_tokens"] == prompt["llama_cpp_tokens"]
+        # equal, or first different where the converted model rates both tokens almost equally
+        if prompt["converted_tokens"] != prompt["llama_cpp_tokens"]:
+            assert prompt["matching_prefix"] >= 4
+            assert 0 <= prompt["divergence_gap"] <= NEAR_TIE_NATS
+    assert sum(p["converted_tokens"] == p["llama_cpp_tokens"] for p in written["prompts"]) >= 2
     assert written["base"]["dtype"] == "float32"
     assert (tmp_path / "base" / "model.safetensors").is_file()
 

@@ -150,7 +150,7 @@ def test_answer_prompt_edit_reruns_answering_and_misses_only_its_requests(
     videos = sorted(p.stem for p in (dataset_run / "results" / "qa").glob("*.jsonl") if "." not in p.stem)
     assert jobs == {
         "answer_questions": len(videos), "review": len(videos), "review_index": 1, "build_dataset": 1,
-        "dataset": 1,
+        "llm_ledger": 1, "dataset": 1,
     }
     reasons = dry_run_reasons(dry)
     assert reasons["answer_questions"] == {"Updated input files: data/prompts/answer_questions.md"}

@@ -82,6 +82,7 @@ def test_question_count_change_reruns_only_affected_rules(dataset_run: Path, tmp
         "answer_questions",
         "review",
         "review_index",
+        "llm_ledger",
         "build_dataset",
         "dataset",
     }, jobs
