@@ -45,8 +45,10 @@ def api_env() -> dict[str, str]:
     return {"ANTHROPIC_API_KEY": "sk-ant-test"}
 
 
-def setup_workdir(root: Path, fake: FakeAnthropic, **llm: Any) -> Path:
+def setup_workdir(root: Path, fake: FakeAnthropic, videos: int | None = None, **llm: Any) -> Path:
     workdir = copy_workflow(root)
+    if videos is not None:
+        edit_config(workdir, source={"max_videos": videos})
     edit_config(workdir, llm={"seed_cache_dirs": [], "base_url": fake.base_url, "batch_poll_s": 0.1, **llm})
     return workdir
 
@@ -59,7 +61,7 @@ def fake() -> Iterator[FakeAnthropic]:
 
 
 def test_online_estimate_then_run_then_ledger(tmp_path: Path, fake: FakeAnthropic) -> None:
-    workdir = setup_workdir(tmp_path, fake, concurrency=3)
+    workdir = setup_workdir(tmp_path, fake, videos=4, concurrency=3)
     # the estimate needs neither a key nor the API
     ok_run(snakemake(workdir, "estimate"))
     assert fake.backend_calls() == 0
@@ -147,7 +149,7 @@ def test_batch_run_killed_while_polling_resumes_without_sending_twice(
     fake.batch_processing_s = 4.0
     items_before = len(fake.batch_items_submitted())
     batches_before = set(fake.batches)
-    workdir = setup_workdir(tmp_path, fake, mode="batch", batch_poll_s=0.2)
+    workdir = setup_workdir(tmp_path, fake, videos=3, mode="batch", batch_poll_s=0.2)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")} | api_env()
     run = subprocess.Popen(
         [SNAKEMAKE, "--cores", "2", "dataset"],

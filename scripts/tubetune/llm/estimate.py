@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 PASSES = ("questions", "answers")
 # Cache entries whose usage the API reported (an online call, or a Message Batches result).
 REAL_ORIGINS = frozenset({"backend", "batch"})
-# Output tokens per question asked, measured on the 213 reference replies in data/sample/llm_cache
+# Output tokens per question asked, measured on the 80 reference replies in data/sample/llm_cache
 # (written by hand, no API usage): reply characters / 4, summed per pass, divided by the questions
 # asked. questions: 12,271 characters for 144 questions asked; answers: 65,384 characters for 140.
 DEFAULT_OUTPUT_TOKENS_PER_QUESTION = {"questions": 21.3, "answers": 116.8}
