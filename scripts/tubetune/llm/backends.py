@@ -61,7 +61,7 @@ class Backend(Protocol):
     def complete(self, request: LLMRequest) -> Completion: ...
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
@@ -134,14 +134,14 @@ class AnthropicBackend:
                 cause = exc.__cause__ or exc
                 raise BackendError(
                     f"anthropic: cannot connect to {client.base_url} (after {self.settings.max_retries} "
-                    f"retries): {_one_line(str(cause))}"
+                    f"retries): {one_line(str(cause))}"
                 ) from exc
             except anthropic.APIError as exc:
-                raise BackendError(f"anthropic: {_one_line(exc.message)}") from exc
+                raise BackendError(f"anthropic: {one_line(exc.message)}") from exc
             self._gate.succeeded()
             text = "".join(block.text for block in message.content if block.type == "text")
             return Completion(
-                text=text, usage=_anthropic_usage(message.usage), stop_reason=message.stop_reason
+                text=text, usage=anthropic_usage(message.usage), stop_reason=message.stop_reason
             )
 
     def _status_reason(self, exc: anthropic.APIStatusError) -> str:
@@ -150,7 +150,7 @@ class AnthropicBackend:
         kind = f" {exc.type}" if exc.type else ""
         detail = exc.api_message or exc.message
         hint = f" (check {ANTHROPIC_KEY_ENV})" if exc.status_code in (401, 403) else ""
-        return f"anthropic: HTTP {exc.status_code}{kind}{after}: {_one_line(detail)}{hint}"
+        return f"anthropic: HTTP {exc.status_code}{kind}{after}: {one_line(detail)}{hint}"
 
 
 class RateGate:
@@ -238,7 +238,7 @@ def wire_schema(request: LLMRequest) -> dict[str, Any]:
     try:
         return anthropic.transform_schema(copy.deepcopy(request.output_schema))
     except (ValueError, TypeError, KeyError) as exc:
-        logger.warning("sending the output schema untransformed (%s)", _one_line(str(exc)))
+        logger.warning("sending the output schema untransformed (%s)", one_line(str(exc)))
         return request.output_schema
 
 
@@ -253,9 +253,13 @@ def _warn_if_deprecated(model: str) -> None:
         logger.warning("llm.model %s is deprecated by Anthropic (end of life %s)", model, end_of_life)
 
 
-def _anthropic_usage(usage: Any) -> dict[str, int]:
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def anthropic_usage(usage: Any) -> dict[str, int]:
+    """The token counts of a Messages API ``usage`` object (online reply or batch result)."""
     counts: dict[str, int] = {}
-    for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+    for name in USAGE_FIELDS:
         value = getattr(usage, name, None)
         if isinstance(value, int):
             counts[name] = value
@@ -287,7 +291,7 @@ class LlamaCppBackend:
             try:
                 self._llama = Llama(model_path=str(path), n_ctx=self.settings.n_ctx, verbose=False, seed=0)
             except (ValueError, RuntimeError) as exc:
-                raise ConfigError(f"llm.gguf: llama.cpp cannot load {path}: {_one_line(str(exc))}") from exc
+                raise ConfigError(f"llm.gguf: llama.cpp cannot load {path}: {one_line(str(exc))}") from exc
         return self._llama
 
     def complete(self, request: LLMRequest) -> Completion:
@@ -306,7 +310,7 @@ class LlamaCppBackend:
                     seed=0,
                 )
             except (ValueError, RuntimeError) as exc:
-                raise BackendError(f"llama_cpp: {_one_line(str(exc))}") from exc
+                raise BackendError(f"llama_cpp: {one_line(str(exc))}") from exc
         response = cast(dict[str, Any], result)
         choice = response["choices"][0]
         usage = response.get("usage") or {}

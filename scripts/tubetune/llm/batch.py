@@ -40,11 +40,14 @@ from tubetune.errors import TubetuneError
 from tubetune.jsonio import atomic_write_text, canonical_json, read_json, write_json
 from tubetune.llm.backends import (
     ANTHROPIC_KEY_ENV,
+    USAGE_FIELDS,
     AnthropicBackend,
     BackendError,
     Completion,
     MissingCredentialsError,
+    anthropic_usage,
     message_params,
+    one_line,
 )
 from tubetune.llm.cache import CachedResponse
 from tubetune.llm.client import ExtraCheck, LLMClient
@@ -224,10 +227,14 @@ def run_batch_pass(
             f"pass {pass_name}: {len(unresolved)} request(s) were in a canceled batch and got no reply; "
             "run again to send them in a new batch"
         )
-    final, _ = _needed(planned, client, run.quarantined)
-    if final:
-        raise BatchPassError(f"pass {pass_name}: {len(final)} request(s) still without a reply; run again")
-    outcomes = Counter(_final_outcome(p, client) for p in planned)
+    resolutions = [client.resolve(item.request, item.validate) for item in planned]
+    unanswered = [r for r in resolutions if r.missing is not None and r.missing.key() not in run.quarantined]
+    if unanswered:
+        raise BatchPassError(
+            f"pass {pass_name}: {len(unanswered)} request(s) still without a reply; run again"
+        )
+    # valid reply / every re-ask invalid / quarantined by the batch API
+    outcomes = Counter("valid" if r.result else "invalid" if r.error else "quarantined" for r in resolutions)
     logger.info(
         "pass %s done: %d batches, %d requests sent in %d rounds, results %s, %d quarantined",
         pass_name,
@@ -258,17 +265,6 @@ def run_batch_pass(
         "wall_s": round(time.monotonic() - started, 3),
         "quarantined": dict(sorted(run.quarantined.items())),
     }
-
-
-USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-
-
-def _final_outcome(item: PlannedRequest, client: LLMClient) -> str:
-    """valid, invalid (every re-ask failed) or quarantined (no reply: the batch API gave up on it)."""
-    resolution = client.resolve(item.request, item.validate)
-    if resolution.result is not None:
-        return "valid"
-    return "invalid" if resolution.error is not None else "quarantined"
 
 
 def _needed(
@@ -346,7 +342,7 @@ def _submit(requests: Sequence[LLMRequest], run: _PassRun) -> int:
         except Exception as exc:
             del state.batches[local_id]
             state.save()
-            raise BackendError(f"anthropic: creating a Message Batch failed: {_one_line(str(exc))}") from exc
+            raise BackendError(f"anthropic: creating a Message Batch failed: {one_line(str(exc))}") from exc
         entry["id"] = batch.id
         state.save()
         created += 1
@@ -455,7 +451,7 @@ def _collect(entry: Mapping[str, Any], batch_id: str, run: _PassRun) -> None:
         if result.type == "succeeded":
             message = result.message
             text = "".join(block.text for block in message.content if block.type == "text")
-            usage = _usage(message.usage)
+            usage = anthropic_usage(message.usage)
             counts.usage.update(usage)
             run.client.cache.put(
                 request,
@@ -485,21 +481,7 @@ def _error_of(result: Any) -> tuple[str, str]:
     error = getattr(result, "error", None)
     inner = getattr(error, "error", error)
     kind = str(getattr(inner, "type", "error"))
-    return kind, _one_line(str(getattr(inner, "message", "") or ""))
-
-
-def _usage(usage: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name in USAGE_FIELDS:
-        value = getattr(usage, name, None)
-        if isinstance(value, int):
-            counts[name] = value
-    return counts
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    return kind, one_line(str(getattr(inner, "message", "") or ""))
 
 
 # --------------------------------------------------------------------------------------- per-video rules
