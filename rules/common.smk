@@ -57,7 +57,7 @@ def code_version(*modules):
 # message should not retrain a model.
 CODE_VERSIONS = {
     # not llm.ledger/llm.spend: a change to how the cost line is written must not retrain a model
-    "build_dataset": code_version("dataset", "dedup", "chunking"),
+    "build_dataset": code_version("dataset", "generate.chunk"),
     "base_model": code_version("model.base", "model.gguf_convert"),
     "train_run": code_version(
         "train.runner", "train.callback", "train.memory", "train.plot", "train.settings", "train.target_loss",
@@ -66,9 +66,9 @@ CODE_VERSIONS = {
     "test_loss": code_version("train.test_loss", "evaluate.loss"),
     "compare": code_version("train.compare", "train.sweep"),
     "fuse": code_version("train.fuse"),
-    "export_hf": code_version("model.hf_export", "model.base"),
-    "export_gguf": code_version("model.gguf_export", "model.gguf_convert", "model.hf_export"),
-    "modelfile": code_version("model.modelfile"),
+    "export_hf": code_version("export.hf", "model.base"),
+    "export_gguf": code_version("export.gguf", "model.gguf_convert", "export.hf"),
+    "modelfile": code_version("export.modelfile"),
     "evaluate": code_version("evaluate", "llm.ledger", "llm.spend"),
 }
 
@@ -399,6 +399,6 @@ def manifest_config(wildcards):
     """The resolved config (validated, defaults filled) as this run saw it: ``train`` = the run's
     settings, the sweep lists emptied. Other points of the sweep are not part of it, so adding a point
     does not rerun the manifests of the runs that exist."""
-    from tubetune.manifest import reproduce_config
+    from tubetune.train.manifest import reproduce_config
 
     return reproduce_config(config, SWEEP_RUNS[wildcards.run])

@@ -1,6 +1,6 @@
 # Run manifest: what one training run was made of (resolved config and hashes, git commit, package
 # versions, platform and BLAS, seeds, SHA-256 of the dataset, base model and adapter files, times,
-# val losses), and a config.yaml that reruns it. Rerun and compare: python -m tubetune.reproduce.
+# val losses), and a config.yaml that reruns it. Rerun and compare: python -m tubetune.train.reproduce.
 
 # The train target asks for every run's manifest (see TRAIN_TARGET_EXTRA in rules/common.smk).
 if "manifest.json" not in TRAIN_TARGET_EXTRA:

@@ -1,6 +1,6 @@
 """Rule answer_questions: pass 2, each question answered from its chunk only (cached LLM calls)."""
 
-from tubetune.answers import answer_questions
+from tubetune.generate.answers import answer_questions
 from tubetune.logs import run_step
 
 run_step(

@@ -1,6 +1,6 @@
 """Rule batch_answers (llm.mode: batch): every video's answer requests as Message Batches."""
 
-from tubetune.answers import batch_answers
+from tubetune.generate.answers import batch_answers
 from tubetune.logs import run_step
 
 run_step(

@@ -1,7 +1,7 @@
 """Rule batch_questions (llm.mode: batch): every video's extraction requests as Message Batches."""
 
+from tubetune.generate.questions import batch_questions
 from tubetune.logs import run_step
-from tubetune.questions import batch_questions
 
 run_step(
     snakemake.log[0],

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tubetune.dataset import build_dataset
+from tubetune.dataset.build import build_dataset
 from tubetune.logs import run_step
 
 run_step(

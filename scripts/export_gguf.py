@@ -1,8 +1,8 @@
 """Rule export_gguf: results/model/base or results/fused -> results/export/gguf/{model}-{qtype}.gguf."""
 
+from tubetune.export.gguf import export_gguf_step
 from tubetune.logs import run_step
 from tubetune.model.base import hub_id_of
-from tubetune.model.gguf_export import export_gguf_step
 
 base_name = (hub_id_of(snakemake.params.base) or "model").rsplit("/", 1)[-1]
 run_step(

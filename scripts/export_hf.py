@@ -1,7 +1,7 @@
 """Rule export_hf: the fused model -> results/export/hf (float16 safetensors, tokenizer, model card)."""
 
+from tubetune.export.hf import export_hf_step
 from tubetune.logs import run_step
-from tubetune.model.hf_export import export_hf_step
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
 """Rule extract_questions: pass 1, questions per chunk from the LLM (cached)."""
 
+from tubetune.generate.questions import extract_questions
 from tubetune.logs import run_step
-from tubetune.questions import extract_questions
 
 run_step(
     snakemake.log[0],

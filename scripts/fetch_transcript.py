@@ -1,7 +1,7 @@
-"""Rule fetch_transcript: one video's transcript (see tubetune.sources)."""
+"""Rule fetch_transcript: one video's transcript (see tubetune.source)."""
 
 from tubetune.logs import run_step
-from tubetune.sources import fetch_transcript_step
+from tubetune.source import fetch_transcript_step
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
-"""Checkpoint list_videos: the channel's videos after the filters (see tubetune.sources.listing)."""
+"""Checkpoint list_videos: the channel's videos after the filters (see tubetune.source.listing)."""
 
 from tubetune.logs import run_step
-from tubetune.sources import list_videos_step
+from tubetune.source import list_videos_step
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
 """Rule manifest: one training run + its inputs -> results/train/{run}/manifest.json and config.yaml."""
 
 from tubetune.logs import run_step
-from tubetune.manifest import write_manifest
+from tubetune.train.manifest import write_manifest
 
 run_step(
     snakemake.log[0],

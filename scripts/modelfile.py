@@ -1,7 +1,7 @@
 """Rule modelfile: results/export/gguf/Modelfile for Ollama (FROM the tuned GGUF, template, system)."""
 
+from tubetune.export.modelfile import write_modelfile
 from tubetune.logs import run_step
-from tubetune.model.modelfile import write_modelfile
 
 run_step(
     snakemake.log[0],

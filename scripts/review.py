@@ -1,7 +1,7 @@
 """Rule review: one Markdown page per video."""
 
+from tubetune.generate.review import write_review
 from tubetune.logs import run_step
-from tubetune.review import write_review
 
 run_step(
     snakemake.log[0],

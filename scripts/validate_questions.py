@@ -1,7 +1,7 @@
 """Rule validate_questions: keep valid questions, quarantine the rest with the reason."""
 
+from tubetune.generate.questions import validate_questions
 from tubetune.logs import run_step
-from tubetune.questions import validate_questions
 
 run_step(
     snakemake.log[0],

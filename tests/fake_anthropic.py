@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tubetune.dedup import STOPWORDS
+from tubetune.dataset.dedup import STOPWORDS
 
 # retry-after-ms takes precedence over retry-after in the SDK; 1 ms keeps its backoff short.
 # (retry-after: 0 alone is not enough: the SDK ignores a zero wait and backs off 0.5 s, 1 s, ...)

@@ -4,7 +4,8 @@ import itertools
 import json
 from pathlib import Path
 
-from tubetune.chunking import (
+from tubetune.generate.chunk import (
+    chunk,
     chunk_transcript,
     count_speech,
     estimate_tokens,
@@ -12,7 +13,6 @@ from tubetune.chunking import (
     speech_snippets,
     too_little_speech,
 )
-from tubetune.steps import chunk_step
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "transcripts"
 CHUNK_CONFIG = {"max_tokens": 600, "min_tokens": 120, "min_words": 150}
@@ -115,7 +115,7 @@ def _transcript(tmp_path: Path, texts: list[str], status: str = "ok") -> Path:
 
 def test_music_only_transcript_gets_no_chunks_and_a_reason(tmp_path: Path) -> None:
     transcript = _transcript(tmp_path, ["[Music]", "you", "[Music] you you"])
-    n = chunk_step(transcript, tmp_path / "c.jsonl", tmp_path / "s.json", CHUNK_CONFIG)
+    n = chunk(transcript, tmp_path / "c.jsonl", tmp_path / "s.json", CHUNK_CONFIG)
     assert n == 0
     assert (tmp_path / "c.jsonl").read_text() == ""
     status = json.loads((tmp_path / "s.json").read_text())
@@ -134,17 +134,17 @@ def test_transcript_at_the_limit_is_kept_and_one_word_less_is_not(tmp_path: Path
     words = [f"word{i}" for i in range(150)]
     texts = ["[Music]"] + [" ".join(words[i : i + 10]) for i in range(0, 150, 10)]
     chunks, status = tmp_path / "c.jsonl", tmp_path / "s.json"
-    kept = chunk_step(_transcript(tmp_path, texts), chunks, status, CHUNK_CONFIG)
+    kept = chunk(_transcript(tmp_path, texts), chunks, status, CHUNK_CONFIG)
     assert kept == 1
     assert json.loads(status.read_text())["status"] == "ok"
     texts[-1] = " ".join(words[140:149])
-    skipped = chunk_step(_transcript(tmp_path, texts), chunks, status, CHUNK_CONFIG)
+    skipped = chunk(_transcript(tmp_path, texts), chunks, status, CHUNK_CONFIG)
     assert skipped == 0
     assert json.loads(status.read_text())["reason"].startswith("too little speech: 149 words")
 
 
 def test_skipped_transcript_passes_its_reason_on(tmp_path: Path) -> None:
     transcript = _transcript(tmp_path, [], status="skipped")
-    assert chunk_step(transcript, tmp_path / "c.jsonl", tmp_path / "s.json", CHUNK_CONFIG) == 0
+    assert chunk(transcript, tmp_path / "c.jsonl", tmp_path / "s.json", CHUNK_CONFIG) == 0
     status = json.loads((tmp_path / "s.json").read_text())
     assert (status["stage"], status["reason"]) == ("transcript", "transcripts disabled")

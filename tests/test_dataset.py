@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from tubetune.dataset import build_dataset, split_videos
+from tubetune.dataset.build import build_dataset, split_videos
 from tubetune.errors import ConfigError, TubetuneError
+from tubetune.generate.chunk import chunk
 from tubetune.jsonio import write_json, write_jsonl
 from tubetune.llm.ledger import ledger_step
-from tubetune.steps import chunk_step
 
 CONFIG: dict[str, Any] = {
     "system_prompt": "You are the voice of {channel}.",
@@ -64,7 +64,7 @@ def _chunk_status(tmp_path: Path, transcript: dict[str, Any]) -> Path:
     video = transcript["video_id"]
     path, status = tmp_path / f"{video}.transcript.json", tmp_path / f"{video}.status.json"
     write_json(path, transcript)
-    chunk_step(path, tmp_path / f"{video}.chunks.jsonl", status, CHUNK_CONFIG)
+    chunk(path, tmp_path / f"{video}.chunks.jsonl", status, CHUNK_CONFIG)
     return status
 
 

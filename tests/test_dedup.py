@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tubetune.dedup import find_duplicates
+from tubetune.dataset.dedup import find_duplicates
 
 PARAPHRASES = [
     "What temperature should I preheat my dutch oven to?",

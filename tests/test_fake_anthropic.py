@@ -22,10 +22,10 @@ from fake_anthropic import (
     server_error,
     synthetic_answer,
 )
-from tubetune.answers import ANSWERS_SCHEMA, check_answers
-from tubetune.dataset import DatasetSettings, quality_problem
-from tubetune.dedup import find_duplicates
-from tubetune.questions import QUESTIONS_SCHEMA, QuestionSettings, question_problem
+from tubetune.dataset.build import DatasetSettings, quality_problem
+from tubetune.dataset.dedup import find_duplicates
+from tubetune.generate.answers import ANSWERS_SCHEMA, check_answers
+from tubetune.generate.questions import QUESTIONS_SCHEMA, QuestionSettings, question_problem
 
 MODEL = "claude-sonnet-4-6"
 EXCERPT = (

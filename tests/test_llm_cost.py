@@ -12,6 +12,9 @@ import yaml
 
 from tubetune.config import validate_config
 from tubetune.errors import ConfigError, InputFileError
+from tubetune.generate.chunk import chunk
+from tubetune.generate.prompts import load_prompt
+from tubetune.generate.questions import PLACEHOLDERS, QuestionSettings, extraction_plan, load_chunks
 from tubetune.jsonio import write_json
 from tubetune.llm.cache import CachedResponse, ResponseCache
 from tubetune.llm.cost import Price, count_tokens, dollars, price_for, price_table, request_tokens
@@ -19,10 +22,7 @@ from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate_s
 from tubetune.llm.ledger import ledger_step, ledger_total
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
-from tubetune.prompts import load_prompt
-from tubetune.questions import PLACEHOLDERS, QuestionSettings, extraction_plan, load_chunks
-from tubetune.sources import fetch_transcript_step, list_videos_step
-from tubetune.steps import chunk_step
+from tubetune.source import fetch_transcript_step, list_videos_step
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
@@ -61,7 +61,7 @@ def make_chunks(tmp_path: Path, config: dict[str, Any], names: list[str] | None 
         local = SAMPLE / "transcripts" / f"{video.id}.json"
         fetch_transcript_step(video.model_dump(mode="json"), source, local, transcript)
         out = tmp_path / "chunks" / f"{video.id}.jsonl"
-        chunk_step(transcript, out, tmp_path / "chunks" / f"{video.id}.status.json", config["chunk"])
+        chunk(transcript, out, tmp_path / "chunks" / f"{video.id}.status.json", config["chunk"])
         paths.append(out)
     assert paths
     return paths

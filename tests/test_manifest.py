@@ -1,5 +1,5 @@
-"""Run manifest (tubetune.manifest) and reproduction from it (tubetune.reproduce): hashes, config hash,
-git state, the per-run config.yaml, input checks, and a real tiny run rerun from its manifest."""
+"""Run manifest (tubetune.train.manifest) and reproduction from it (tubetune.train.reproduce): hashes,
+config hash, git state, the per-run config.yaml, input checks, and a real tiny run rerun from its manifest."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 
 from tubetune.config import validate_config
 from tubetune.errors import InputFileError
-from tubetune.manifest import (
+from tubetune.train.manifest import (
     PACKAGES,
     build_manifest,
     check_reproduce_config,
@@ -27,7 +27,7 @@ from tubetune.manifest import (
     reproduce_config,
     write_manifest,
 )
-from tubetune.reproduce import DEFAULT_TOLERANCE, compare_losses, input_problems
+from tubetune.train.reproduce import DEFAULT_TOLERANCE, compare_losses, input_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config.schema.yaml"
@@ -305,7 +305,7 @@ def test_real_run_manifest(tiny_run: dict[str, Any], base_model_dir: Path) -> No
 def test_rerun_from_manifest_matches_then_tampered_input_is_named(
     tiny_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tubetune.reproduce import main
+    from tubetune.train.reproduce import main
 
     manifest_path = tiny_run["run_dir"] / "manifest.json"
     out = tmp_path / "rerun"
@@ -337,6 +337,6 @@ def test_rerun_from_manifest_matches_then_tampered_input_is_named(
     assert f"{valid}: dataset file (valid) changed since the run (SHA-256 differs)" in errors[0]
     assert not (tmp_path / "tampered" / "train").exists()
     with pytest.raises(InputFileError, match=r"valid\.jsonl"):
-        from tubetune.reproduce import reproduce
+        from tubetune.train.reproduce import reproduce
 
         reproduce(manifest_path, tmp_path / "tampered")

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 
 from tubetune.errors import ConfigError, TubetuneError
-from tubetune.model.gguf_convert import convert_gguf
-from tubetune.model.gguf_export import (
+from tubetune.export.gguf import (
     GGUFExportResult,
     LlamaDirConfig,
     detect_tokenizer_pre,
     export_gguf,
     llama3_rope_factors,
 )
-from tubetune.model.hf_export import export_hf, iter_float_weights
-from tubetune.model.modelfile import CHATML, chat_format, render_modelfile, write_modelfile
+from tubetune.export.hf import export_hf, iter_float_weights
+from tubetune.export.modelfile import CHATML, chat_format, render_modelfile, write_modelfile
+from tubetune.model.gguf_convert import convert_gguf
 
 QTYPES = ("f16", "q8_0", "q4_0")
 PROMPT = "What is sourdough bread?"

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tubetune.chunking import Chunk
 from tubetune.errors import InputFileError
+from tubetune.generate.chunk import Chunk
+from tubetune.generate.prompts import load_prompt
+from tubetune.generate.questions import QuestionSettings, validate_questions
 from tubetune.jsonio import read_jsonl, write_jsonl
-from tubetune.prompts import load_prompt
-from tubetune.questions import QuestionSettings, validate_questions
 
 SETTINGS = {"per_1k_tokens": 7, "min_per_chunk": 2, "max_per_chunk": 8, "min_chars": 12, "max_chars": 300}
 

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from tubetune.errors import ConfigError, InputFileError
-from tubetune.sources import fetch_transcript_step, list_videos_step
-from tubetune.sources.listing import select_videos
-from tubetune.sources.local import (
+from tubetune.source import fetch_transcript_step, list_videos_step
+from tubetune.source.listing import select_videos
+from tubetune.source.local import (
     TranscriptFileError,
     load_local_transcript,
     read_transcript_file,
     scan_transcripts_dir,
 )
-from tubetune.sources.models import SourceSettings, Video, watch_url
+from tubetune.source.models import SourceSettings, Video, watch_url
 
 FIXTURES = Path(__file__).parent / "fixtures" / "local"
 LISTING = Path(__file__).parent / "fixtures" / "youtube" / "channel_flat.json"
@@ -75,7 +75,7 @@ def test_youtube_auto_caption_vtt_is_deduplicated() -> None:
 
 
 def test_plain_text_gets_estimated_timings(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="tubetune.sources.local"):
+    with caplog.at_level(logging.INFO, logger="tubetune.source.local"):
         snippets = texts_and_times("plain.txt")
     assert snippets == [
         ("Cold retard slows fermentation and builds flavor.", 0.0, 2.8),  # 7 words at 2.5 words/s
@@ -87,7 +87,7 @@ def test_plain_text_gets_estimated_timings(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_long_plain_text_sentence_is_cut() -> None:
-    from tubetune.sources.local import parse_txt
+    from tubetune.source.local import parse_txt
 
     snippets = parse_txt(" ".join(f"w{i}" for i in range(45)), "run-on.txt")
     assert [len(s.text.split()) for s in snippets] == [20, 20, 5]

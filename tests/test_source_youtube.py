@@ -28,10 +28,10 @@ from yt_dlp.utils import ExtractorError
 
 from tubetune.errors import ConfigError, InputFileError, TubetuneError
 from tubetune.logs import run_step
-from tubetune.sources import fetch_transcript_step, list_videos_step
-from tubetune.sources.listing import channel_url, select_videos
-from tubetune.sources.models import SourceSettings, Video, watch_url
-from tubetune.sources.youtube import (
+from tubetune.source import fetch_transcript_step, list_videos_step
+from tubetune.source.listing import channel_url, select_videos
+from tubetune.source.models import SourceSettings, Video, watch_url
+from tubetune.source.youtube import (
     FetchFailedError,
     YouTubeBlockedError,
     YouTubeSession,

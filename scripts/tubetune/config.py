@@ -1,21 +1,35 @@
-"""Config validation against config.schema.yaml, with defaults filled in and one-line errors."""
+"""Config validation against config.schema.yaml, with defaults filled in and one-line errors.
+
+The schema is the only place that holds defaults and bounds. A step's settings object is a dataclass
+with required fields, built by :func:`settings_from` from its validated config section; the dataclass
+itself checks only what the schema cannot (relations between keys). :func:`section_config` gives a
+validated section with the schema's defaults (for code and tests that run a step without a workflow).
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import logging
 import re
 from collections.abc import Iterator, Mapping, MutableMapping
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
+import pydantic
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
 from tubetune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config.schema.yaml"
+
+SettingsT = TypeVar("SettingsT")
 
 
 def _extend_with_default(validator_class: Any) -> Any:
@@ -40,7 +54,12 @@ def _extend_with_default(validator_class: Any) -> Any:
 DefaultFillingValidator = _extend_with_default(Draft202012Validator)
 
 
-def load_schema(path: str | Path) -> dict[str, Any]:
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    return _load_schema(str(Path(path).resolve()))
+
+
+@cache
+def _load_schema(path: str) -> dict[str, Any]:
     with Path(path).open(encoding="utf-8") as handle:
         schema: dict[str, Any] = yaml.safe_load(handle)
     return schema
@@ -107,7 +126,7 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
     The train profile is applied first: ``train_profiles[train.profile]`` supplies values that
     keys given directly under ``train`` override.
     """
-    schema = load_schema(schema_path)
+    schema = copy.deepcopy(load_schema(schema_path))
     apply_train_profile(config)
     validator = DefaultFillingValidator(schema, format_checker=FormatChecker())
     errors = list(validator.iter_errors(config))
@@ -136,3 +155,36 @@ def apply_train_profile(config: MutableMapping[str, Any]) -> None:
         )
     for key, value in (profiles[name] or {}).items():
         train.setdefault(key, value)
+
+
+def section_config(
+    section: str, values: Mapping[str, Any] | None = None, schema_path: str | Path = SCHEMA_PATH
+) -> dict[str, Any]:
+    """One config section: ``values`` checked against the schema, the schema's defaults filled in."""
+    config: dict[str, Any] = {section: copy.deepcopy(dict(values or {}))}
+    validate_config(config, schema_path)
+    result: dict[str, Any] = config[section]
+    return result
+
+
+def settings_from(cls: type[SettingsT], values: Mapping[str, Any], section: str) -> SettingsT:
+    """A settings dataclass from a validated config section (its keys are the dataclass's fields).
+
+    Values are converted to the field types (a YAML list to a tuple, an int to a float); a key that
+    is not a field, or a field missing from ``values``, is an error naming ``section``. The
+    dataclass's ``__post_init__`` runs its cross-key checks and raises :class:`ConfigError`.
+    """
+    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key '{section}.{unknown[0]}' (known keys: {', '.join(names)})")
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ConfigError(f"{section}: missing key '{missing[0]}' (a config validated by the schema has it)")
+    try:
+        adapter: pydantic.TypeAdapter[SettingsT] = pydantic.TypeAdapter(cls)
+        return adapter.validate_python(dict(values))
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in (section, *error["loc"]))
+        raise ConfigError(f"config error: {where}: {error['msg']}") from None

@@ -232,12 +232,14 @@ def evaluate(
 
     ``settings.quant`` only labels the results: the rule picks the GGUF files of that quantization.
     """
+    from tubetune.mlxrt import BLAS
+
     from tubetune.evaluate import loss as loss_module
     from tubetune.evaluate.generate import GenerationSettings, generate_answers
     from tubetune.evaluate.report import render_report, select_side_by_side, write_report
 
     started = time.perf_counter()
-    logger.info("BLAS for MLX: %s", loss_module.BLAS)
+    logger.info("BLAS for MLX: %s", BLAS)
     refusal_patterns = compile_patterns(settings.refusal_patterns)
     examples = read_test_set(inputs.test, settings.max_examples)
     train_summary = read_json(inputs.train_summary)
@@ -299,7 +301,7 @@ def evaluate(
             "base_gguf": str(inputs.base_gguf), "tuned_gguf": str(inputs.tuned_gguf),
             "base_model": str(inputs.base_model), "tuned_model": str(inputs.tuned_model),
         },
-        "blas": loss_module.BLAS,
+        "blas": BLAS,
         **({"train_run": run} if run else {}),
         **({"llm_cost": llm_cost} if llm_cost is not None else {}),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},

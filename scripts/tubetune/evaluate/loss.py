@@ -19,6 +19,8 @@ purpose:
 
 from __future__ import annotations
 
+from tubetune.mlxrt import mx
+
 import logging
 import math
 import time
@@ -27,17 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tubetune.blas import ensure_fast_blas
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+from tqdm import tqdm
 
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import numpy as np  # noqa: E402
-from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from tubetune.errors import InputFileError  # noqa: E402
+from tubetune.errors import InputFileError
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tubetune.answers import PLACEHOLDERS as ANSWER_PLACEHOLDERS
-from tubetune.answers import answer_request, check_answers
-from tubetune.chunking import Chunk
+from tubetune.generate.answers import PLACEHOLDERS as ANSWER_PLACEHOLDERS
+from tubetune.generate.answers import answer_request, check_answers
+from tubetune.generate.chunk import Chunk
+from tubetune.generate.prompts import PromptTemplate, load_prompt
+from tubetune.generate.questions import PLACEHOLDERS as QUESTION_PLACEHOLDERS
+from tubetune.generate.questions import Question, QuestionSettings, check_record, extraction_plan, load_chunks
 from tubetune.jsonio import atomic_write_text, write_json
 from tubetune.llm.backends import uses_prompt_cache
 from tubetune.llm.client import LLMClient, Resolution, parse_json
@@ -44,9 +47,6 @@ from tubetune.llm.cost import (
 )
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
-from tubetune.prompts import PromptTemplate, load_prompt
-from tubetune.questions import PLACEHOLDERS as QUESTION_PLACEHOLDERS
-from tubetune.questions import Question, QuestionSettings, check_record, extraction_plan, load_chunks
 
 logger = logging.getLogger(__name__)
 

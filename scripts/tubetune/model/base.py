@@ -144,10 +144,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def cast_safetensors(model_dir: Path, dtype: str) -> int:
     """Cast every floating-point tensor of the dir's safetensors to ``dtype`` in place; return the count."""
-    from tubetune.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-    import mlx.core as mx
+    from tubetune.mlxrt import mx
 
     target = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}[dtype]
     count = 0
@@ -307,10 +304,8 @@ def greedy_parity(
     on one thread: its worker threads spin-wait, and with any other load on a 2-core machine two threads
     decoded 2-6 tok/s against 65-125 tok/s on one.
     """
-    from tubetune.blas import ensure_fast_blas
+    from tubetune.mlxrt import mx
 
-    ensure_fast_blas()
-    import mlx.core as mx
     from llama_cpp import Llama
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load
@@ -394,11 +389,12 @@ def base_model_step(
     settings: Mapping[str, Any], out_dir: str | Path, check_path: str | Path
 ) -> dict[str, Any]:
     """Rule base_model: prepare results/model/base and write the parity check (base_check.json)."""
-    from tubetune.blas import ensure_fast_blas
+    from tubetune.mlxrt import BLAS
+
     from tubetune.errors import TubetuneError
     from tubetune.jsonio import write_json
 
-    logger.info("BLAS: %s", ensure_fast_blas())
+    logger.info("BLAS: %s", BLAS)
     source = resolve_base(str(settings["base"]))
     summary = prepare_base_model(
         source,

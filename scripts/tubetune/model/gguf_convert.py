@@ -12,6 +12,8 @@ and token types; its pre-tokenizer follows ``tokenizer.ggml.pre`` (the regexes l
 
 from __future__ import annotations
 
+from tubetune.mlxrt import mx
+
 import logging
 import re
 import shutil
@@ -23,13 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from tubetune.blas import ensure_fast_blas
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.jsonio import write_json
-
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

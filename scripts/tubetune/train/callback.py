@@ -19,6 +19,8 @@ the metrics rows written so far stay in ``metrics.jsonl``). A val loss that rise
 
 from __future__ import annotations
 
+import tubetune.mlxrt  # noqa: F401  (the fast BLAS before mlx_lm loads mlx)
+
 import json
 import logging
 import math
@@ -28,12 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tubetune.blas import ensure_fast_blas
+from mlx_lm.tuner.callbacks import TrainingCallback
+
 from tubetune.errors import TubetuneError
-
-ensure_fast_blas()
-
-from mlx_lm.tuner.callbacks import TrainingCallback  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ only in its weights (the GGUF exporter and the evaluation read both the same way
 
 from __future__ import annotations
 
+from tubetune.mlxrt import BLAS, mx
+
 import logging
 import shutil
 import time
@@ -16,16 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tubetune.blas import ensure_fast_blas
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm import utils as mlx_utils
 
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
-from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
-from mlx_lm import utils as mlx_utils  # noqa: E402
-
-from tubetune.errors import InputFileError  # noqa: E402
-from tubetune.jsonio import read_json, write_json  # noqa: E402
+from tubetune.errors import InputFileError
+from tubetune.jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
 

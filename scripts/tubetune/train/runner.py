@@ -10,6 +10,8 @@ train with a warmup + cosine schedule, keep the adapter of the best val loss as
 
 from __future__ import annotations
 
+from tubetune.mlxrt import BLAS, mx
+
 import contextlib
 import ctypes
 import importlib.metadata
@@ -25,41 +27,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import mlx.optimizers as optim
+import numpy as np
+from mlx.nn.layers.linear import Linear
+from mlx.nn.layers.quantized import QuantizedLinear
+from mlx.utils import tree_flatten
+from mlx_lm import utils as mlx_utils
+from mlx_lm.tuner import trainer as mlx_trainer
+from mlx_lm.tuner import utils as tuner_utils
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 from tqdm import tqdm
 
-from tubetune.blas import ensure_fast_blas
-
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
-import mlx.optimizers as optim  # noqa: E402
-import numpy as np  # noqa: E402
-from mlx.nn.layers.linear import Linear  # noqa: E402
-from mlx.nn.layers.quantized import QuantizedLinear  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
-from mlx_lm import utils as mlx_utils  # noqa: E402
-from mlx_lm.tuner import trainer as mlx_trainer  # noqa: E402
-from mlx_lm.tuner import utils as tuner_utils  # noqa: E402
-from mlx_lm.tuner.datasets import CacheDataset, ChatDataset  # noqa: E402
-
-from tubetune.errors import ConfigError, InputFileError  # noqa: E402
-from tubetune.evaluate.loss import masked_loss  # noqa: E402
-from tubetune.jsonio import read_json, read_jsonl, write_json  # noqa: E402
-from tubetune.train.callback import (  # noqa: E402
+from tubetune.errors import ConfigError, InputFileError
+from tubetune.evaluate.loss import masked_loss
+from tubetune.jsonio import read_json, read_jsonl, write_json
+from tubetune.train.callback import (
     EarlyStopping,
     MetricsCallback,
     StopTraining,
     TrainingDiverged,
 )
-from tubetune.train.memory import (  # noqa: E402
+from tubetune.train.memory import (
     ModelShape,
     check_memory,
     estimate_memory,
     memory_limit_gb,
 )
-from tubetune.train.plot import plot_losses  # noqa: E402
-from tubetune.train.settings import TrainSettings, batches_per_epoch  # noqa: E402
-from tubetune.train.target_loss import supports_target_loss, target_loss, with_targets  # noqa: E402
+from tubetune.train.plot import plot_losses
+from tubetune.train.settings import TrainSettings, batches_per_epoch
+from tubetune.train.target_loss import supports_target_loss, target_loss, with_targets
 
 logger = logging.getLogger(__name__)
 MLX_VERSION = importlib.metadata.version("mlx")
@@ -105,7 +101,7 @@ class TrainOutputs:
 
 
 def _openblas_function(name: str) -> Any:
-    """A function of the OpenBLAS loaded globally by tubetune.blas, or None (macOS, reference BLAS)."""
+    """A function of the OpenBLAS loaded globally by tubetune.mlxrt, or None (macOS, reference BLAS)."""
     try:
         return getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):

@@ -7,19 +7,15 @@ the test split. The sweep ranking shows the number; it never picks the winner.
 
 from __future__ import annotations
 
+from tubetune.mlxrt import BLAS, mx
+
 import logging
 from pathlib import Path
 from typing import Any
 
-from tubetune.blas import ensure_fast_blas
-
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
-
-from tubetune.errors import InputFileError  # noqa: E402
-from tubetune.evaluate.loss import dataset_loss  # noqa: E402
-from tubetune.jsonio import read_jsonl, write_json  # noqa: E402
+from tubetune.errors import InputFileError
+from tubetune.evaluate.loss import dataset_loss
+from tubetune.jsonio import read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 

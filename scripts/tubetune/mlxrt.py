@@ -1,9 +1,11 @@
-"""Load an optimized BLAS for MLX on Linux before ``mlx`` is imported.
+"""MLX with an optimized BLAS: every module that uses mlx imports it from here first.
 
 The Linux ``mlx[cpu]`` wheel links a reference BLAS (about 9 GFLOPS for an f32 matmul on 2 cores);
 OpenBLAS from the ``cmeel-openblas`` package, loaded with ``RTLD_GLOBAL`` before ``import mlx``,
-provides the same symbols about 40x faster, which makes CPU training ~20x faster. Call
-:func:`ensure_fast_blas` at the top of every module that imports mlx.
+provides the same symbols about 40x faster, which makes CPU training ~20x faster. Importing this
+module loads it (:data:`BLAS` describes the result) and then ``mlx.core`` (:data:`mx`). The import
+sorting puts ``from tubetune.mlxrt import ...`` in a section of its own before the standard library
+(pyproject.toml), so it runs before any ``mlx`` or ``mlx_lm`` import of the same module.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def ensure_fast_blas() -> str:
     if os.environ.get(DISABLE_ENV):
         return f"reference BLAS of the mlx wheel ({DISABLE_ENV} is set)"
     if "mlx.core" in sys.modules:
-        logger.warning("mlx was imported before tubetune.blas: the optimized BLAS may not be used")
+        logger.warning("mlx was imported before tubetune.mlxrt: the optimized BLAS may not be used")
     errors: list[str] = []
     for path in _openblas_candidates():
         try:
@@ -67,3 +69,10 @@ def ensure_fast_blas() -> str:
     else:
         logger.warning("cmeel-openblas not found: MLX uses the slow reference BLAS (pip install it)")
     return "reference BLAS of the mlx wheel (slow)"
+
+
+BLAS = ensure_fast_blas()
+
+import mlx.core as mx  # noqa: E402  (after the BLAS it links against)
+
+__all__ = ["BLAS", "ensure_fast_blas", "mx"]

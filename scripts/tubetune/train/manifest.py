@@ -7,8 +7,8 @@ trained with, SHA-256 and size of every dataset file, of every file of the base 
 adapter files, the start and end time, and the validation losses by iteration. Next to it
 ``config.yaml`` is the resolved config with that run's train settings and no sweep, so
 ``snakemake train --configfile results/train/<run>/config.yaml`` runs the same training again;
-``python -m tubetune.reproduce results/train/<run>/manifest.json`` retrains from the manifest and
-compares the validation losses (see :mod:`tubetune.reproduce`).
+``python -m tubetune.train.reproduce results/train/<run>/manifest.json`` retrains from the manifest and
+compares the validation losses (see :mod:`tubetune.train.reproduce`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tubetune.answers import timestamp_url
+from tubetune.generate.answers import timestamp_url
+from tubetune.generate.prompts import format_seconds
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl
-from tubetune.prompts import format_seconds
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Both sources go through the same code: a yt-dlp flat listing (``extract_flat='in_playlist'``), live
 from YouTube or replayed offline with ``YoutubeDL.process_ie_result(saved_info, download=False)``,
-becomes :class:`~tubetune.sources.models.Video` entries; the filters then drop Shorts, live streams,
+becomes :class:`~tubetune.source.models.Video` entries; the filters then drop Shorts, live streams,
 short videos, titles by regex and everything over ``max_videos``, each with a reason in
 ``filtered.tsv``.
 """
@@ -24,8 +24,8 @@ from yt_dlp.utils import DownloadError
 
 from tubetune.errors import ConfigError, InputFileError, TubetuneError
 from tubetune.jsonio import atomic_write_text, write_json
-from tubetune.sources.local import scan_transcripts_dir, transcripts_folder
-from tubetune.sources.models import (
+from tubetune.source.local import scan_transcripts_dir, transcripts_folder
+from tubetune.source.models import (
     Channel,
     FilteredVideo,
     Listing,

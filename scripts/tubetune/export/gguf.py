@@ -10,6 +10,8 @@ cannot be cut into 32-element blocks falls back to F16.
 
 from __future__ import annotations
 
+from tubetune.mlxrt import BLAS, mx
+
 import json
 import logging
 import math
@@ -24,8 +26,8 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from tubetune.blas import ensure_fast_blas
 from tubetune.errors import ConfigError, InputFileError
+from tubetune.export.hf import iter_float_weights
 from tubetune.model.gguf_convert import (
     LLAMA3_PATTERN,
     SUPPORTED_PRE,
@@ -33,11 +35,6 @@ from tubetune.model.gguf_convert import (
     hf_to_gguf_name,
     permute_rotary,
 )
-from tubetune.model.hf_export import iter_float_weights
-
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Rerun a training run from its manifest and check it gives the same validation losses.
 
-    python -m tubetune.reproduce results/train/<run>/manifest.json [--out DIR] [--tolerance X]
+    python -m tubetune.train.reproduce results/train/<run>/manifest.json [--out DIR] [--tolerance X]
 
 Steps: check the SHA-256 of the dataset files and of every base model file against the manifest
 (a changed, missing or extra file stops here with one line naming it, unless
@@ -37,7 +37,7 @@ from typing import Any
 from tubetune.errors import InputFileError
 from tubetune.jsonio import read_json, write_json
 from tubetune.logs import FORMAT, setup_logging, user_errors
-from tubetune.manifest import files_in, package_versions, platform_info, sha256_file, utc_now
+from tubetune.train.manifest import files_in, package_versions, platform_info, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,9 @@ def reproduce(
     for problem in problems:
         logger.warning("%s", problem)
 
-    from tubetune.train.runner import BLAS, TrainOutputs, run_training  # imports mlx: only now
+    from tubetune.mlxrt import BLAS  # imports mlx: only now
+
+    from tubetune.train.runner import TrainOutputs, run_training
     from tubetune.train.settings import TrainSettings
 
     differences = environment_differences(manifest, BLAS)
@@ -196,7 +198,7 @@ def reproduce(
         _resolve(base, manifest["files"]["base_model"]["path"]), TrainOutputs.in_dir(out / "train"),
         settings, blas_threads=threads,
     )
-    from tubetune.manifest import val_losses
+    from tubetune.train.manifest import val_losses
 
     rows = compare_losses(manifest["results"]["val_losses"], val_losses(out / "train" / "metrics.jsonl"))
     differences_found = [row.difference for row in rows if row.difference is not None]
@@ -227,7 +229,7 @@ def reproduce(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tubetune.reproduce",
+        prog="python -m tubetune.train.reproduce",
         description="Retrain a run from its manifest.json and compare the validation losses.",
     )
     parser.add_argument("manifest", help="results/train/<run>/manifest.json")

@@ -53,9 +53,9 @@ from yt_dlp.networking.exceptions import TransportError as YtDlpTransportError
 from yt_dlp.utils import DownloadError, ExtractorError
 
 from tubetune.errors import ConfigError, TubetuneError
-from tubetune.sources.listing import ydl_params, ytdlp_message
-from tubetune.sources.local import TranscriptFileError, parse_vtt
-from tubetune.sources.models import Snippet, SourceSettings, TranscriptKind, TranscriptRecord, Video
+from tubetune.source.listing import ydl_params, ytdlp_message
+from tubetune.source.local import TranscriptFileError, parse_vtt
+from tubetune.source.models import Snippet, SourceSettings, TranscriptKind, TranscriptRecord, Video
 
 logger = logging.getLogger(__name__)
 

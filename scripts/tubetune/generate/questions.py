@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tubetune.chunking import Chunk
 from tubetune.errors import TubetuneError
+from tubetune.generate.chunk import Chunk
+from tubetune.generate.prompts import PromptTemplate, format_seconds, load_prompt
 from tubetune.jsonio import read_jsonl, write_json, write_jsonl
 from tubetune.llm.batch import BatchResultBackend, PlannedRequest, run_batch_pass
 from tubetune.llm.client import LLMClient
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
-from tubetune.prompts import PromptTemplate, format_seconds, load_prompt
 
 logger = logging.getLogger(__name__)
 

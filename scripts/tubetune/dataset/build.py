@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tubetune.chunking import estimate_tokens
-from tubetune.dedup import find_duplicates
+from tubetune.dataset.dedup import find_duplicates
 from tubetune.errors import ConfigError, TubetuneError
+from tubetune.generate.chunk import estimate_tokens
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from tubetune.llm.spend import LEDGER_MD, dollars_text, ledger_cost
 

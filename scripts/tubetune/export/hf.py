@@ -8,6 +8,8 @@ training settings and results (results/train/<run>/summary.json of the winning r
 
 from __future__ import annotations
 
+from tubetune.mlxrt import BLAS, mx
+
 import logging
 import shutil
 import time
@@ -16,13 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tubetune.blas import ensure_fast_blas
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.jsonio import atomic_write_text, read_json, write_json
-
-BLAS = ensure_fast_blas()
-
-import mlx.core as mx  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tubetune.jsonio import write_json
-from tubetune.sources.models import Listing, SourceSettings, TranscriptRecord, Video
+from tubetune.source.models import Listing, SourceSettings, TranscriptRecord, Video
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def list_videos_step(
     source: Mapping[str, Any], selected_path: str | Path, filtered_path: str | Path
 ) -> Listing:
     """Checkpoint ``list_videos``: ``selected.json`` and ``filtered.tsv`` from the source settings."""
-    from tubetune.sources.listing import list_videos
+    from tubetune.source.listing import list_videos
 
     return list_videos(SourceSettings.from_mapping(source), selected_path, filtered_path)
 
@@ -40,16 +40,16 @@ def fetch_transcript_step(
     ``video`` is the video's entry in ``selected.json``; ``transcript_file`` is the local source's
     file for it (None for the youtube source). A video without a usable transcript still gets a
     file, with status "skipped" and the reason, so a rerun does not ask again. ``youtube_options``
-    go to :func:`tubetune.sources.youtube.fetch_youtube_transcript` (tests pass a recorded session).
+    go to :func:`tubetune.source.youtube.fetch_youtube_transcript` (tests pass a recorded session).
     """
     settings = SourceSettings.from_mapping(source)
     entry = Video.model_validate(dict(video))
     if settings.type == "local":
-        from tubetune.sources.local import load_local_transcript
+        from tubetune.source.local import load_local_transcript
 
         record = load_local_transcript(entry, transcript_file)
     else:
-        from tubetune.sources.youtube import fetch_youtube_transcript
+        from tubetune.source.youtube import fetch_youtube_transcript
 
         record = fetch_youtube_transcript(entry, settings, **youtube_options)
     write_json(output_path, record.model_dump(mode="json"))

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
 from tubetune.errors import ConfigError, InputFileError
-from tubetune.sources.models import FilteredVideo, Snippet, TranscriptRecord, Video, is_video_id
+from tubetune.source.models import FilteredVideo, Snippet, TranscriptRecord, Video, is_video_id
 
 logger = logging.getLogger(__name__)
 

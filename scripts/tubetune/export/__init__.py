@@ -1,0 +1,1 @@
+"""Steps 10-11 (rules/export.smk): the Hugging Face export, GGUF files and the Ollama Modelfile."""
