@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make run    set up (venv + pinned packages) and run the whole pipeline on the configured channel
-#   make test   set up and run the checks: ruff, mypy, snakemake --lint, pytest
+#   make test   set up and run the checks: ruff, mypy, snakemake --lint, then the fast tests, then the
+#               slow ones (each test runs once: the two tiers split the suite by the `slow` marker)
+#   make test-fast   lint and the fast tests only (no Snakemake job, no training)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,13 +12,17 @@ TARGET ?= all
 # (its AMX kernels crash where the kernel does not grant AMX state, as in some containers).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test setup system-deps lint
+.PHONY: run test test-fast setup system-deps lint
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES) $(TARGET)
 
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m slow
+
+test-fast: setup lint
+	$(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check scripts tests bench

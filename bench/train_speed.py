@@ -66,7 +66,7 @@ def ensure_model(model: Path | None, work: Path) -> Path:
     if not (target / "config.json").is_file():
         logger.info("converting the bundled SmolLM2 GGUF to %s", target)
         code = (
-            "import sys; from tubetune.model.base import bundled_gguf; "
+            "import sys; from tubetune.bundled import bundled_gguf; "
             "from tubetune.model.gguf_convert import convert_gguf; "
             "convert_gguf(bundled_gguf('smollm2-135m-instruct'), sys.argv[1], dtype='float32')"
         )
@@ -131,18 +131,20 @@ def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) 
 
 
 def worker_ours(args: argparse.Namespace) -> None:
-    from tubetune.train.runner import TrainOutputs, run_training
+    from tubetune.config import section_config, settings_from
+    from tubetune.train.reproduce import run_layout
+    from tubetune.train.runner import run_training
     from tubetune.train.settings import TrainSettings
 
     total = args.warmup + args.iters
-    settings = TrainSettings.from_config({
+    settings = settings_from(TrainSettings, section_config("train", {
         "iters": total, "batch_size": args.batch_size, "max_seq_length": args.seq_len, "rank": args.rank,
         "alpha": args.alpha, "num_layers": args.num_layers, "mask_prompt": False, "steps_per_report": 1,
         "steps_per_eval": total, "val_batches": 1, "early_stopping_patience": None, "learning_rate": 1e-4,
-        "lr_schedule": "constant", "warmup_ratio": 0.0, "optimizer": "adam",
-    })
+        "lr_schedule": "constant", "warmup_ratio": 0.0, "optimizer": "adam", "profile": None,
+    }), "train")
     out = Path(tempfile.mkdtemp(prefix="ours-", dir=Path(args.result).parent))
-    outputs = TrainOutputs.in_dir(out)
+    outputs = run_layout(out)
     data = Path(args.data)
     summary = run_training(data / "train.jsonl", data / "valid.jsonl", args.model, outputs, settings,
                            blas_threads=args.threads)

@@ -1,5 +1,6 @@
 # Shared setup: config validation, paths and input functions used by every rule file.
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,58 +20,39 @@ R = "results"
 LOGS = "logs"
 BENCH = f"{R}/benchmarks"
 
+# Threads of the heavy rules (training, conversion, evaluation): every core the run is given. Snakemake
+# caps a rule's threads at --cores (and --max-threads), so a number above any machine's core count means
+# "all of --cores". Not workflow.cores: it raises when --cores is not given, which would break
+# `snakemake --unlock` and `snakemake --rulegraph`.
+ALL_CORES = 1024
+
 
 # ---- code versions: reruns when the Python code behind a rule changes ----
-# Snakemake watches a rule's script file, not the modules that script imports from scripts/tubetune.
-# code_version() hashes those modules' source files at parse time; as a ``code=`` param it makes an
-# edit to them rerun the rule ("Params have changed since last execution").
-# Not on the LLM rules (extract_questions, answer_questions): their requests are cached by content, so
-# rerunning them on a code edit would only replay the cache; a code edit that changes what is sent to
-# the model changes the request keys, and the next run of the rule picks that up.
+# Snakemake reruns a job when its rule's script changes, not when a tubetune module the script imports
+# changes. The heavy rules have a param ``code=code_version("scripts/<their script>.py")``, a hash of
+# every tubetune module the script imports, followed transitively through the package's imports
+# (computed by tubetune.codehash, no list to keep: a new import counts by default). Left out, in
+# tubetune.codehash.EXCLUDED: modules whose edits never change a result (errors, jsonio, logs and the
+# LLM cost modules llm.ledger / llm.spend), so that rewording a message does not retrain a model.
+# An edit to the other modules changes the param: "Params have changed since last execution".
+# Not on the LLM rules (extract_questions, answer_questions, batch_*): their requests are cached by
+# content, so rerunning them on a code edit would only replay the cache; a code edit that changes what
+# is sent to the model changes the request keys, and the next run of the rule picks that up.
+
+from tubetune.codehash import code_version as _code_version  # noqa: E402
+
+_CODE_VERSIONS = {}
 
 
-def code_version(*modules):
-    """Short SHA-256 of the source of tubetune modules or subpackages ("dataset", "model.base", "train")."""
-    import hashlib
-
-    root = Path(workflow.basedir) / "scripts" / "tubetune"
-    digest = hashlib.sha256()
-    for module in modules:
-        path = root.joinpath(*module.split("."))
-        if path.is_dir():
-            files = sorted(  # the package's modules and data files (e.g. report templates)
-                f for f in path.rglob("*")
-                if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
-            )
-        elif path.with_suffix(".py").is_file():
-            files = [path.with_suffix(".py")]
-        else:
-            raise WorkflowError(f"code_version: no module tubetune.{module} in {root}")
-        for file in files:
-            for part in (file.relative_to(root).as_posix().encode(), file.read_bytes()):
-                digest.update(part)
-                digest.update(b"\0")
-    return digest.hexdigest()[:16]
-
-
-# The modules behind each heavy, non-LLM rule; errors, jsonio and logs are left out, since editing a
-# message should not retrain a model.
-CODE_VERSIONS = {
-    # not llm.ledger/llm.spend: a change to how the cost line is written must not retrain a model
-    "build_dataset": code_version("dataset", "generate.chunk"),
-    "base_model": code_version("model.base", "model.gguf_convert"),
-    "train_run": code_version(
-        "train.runner", "train.callback", "train.memory", "train.plot", "train.settings", "train.target_loss",
-        "evaluate.loss",
-    ),
-    "test_loss": code_version("train.test_loss", "evaluate.loss"),
-    "compare": code_version("train.compare", "train.sweep"),
-    "fuse": code_version("train.fuse"),
-    "export_hf": code_version("export.hf", "model.base"),
-    "export_gguf": code_version("export.gguf", "model.gguf_convert", "export.hf"),
-    "modelfile": code_version("export.modelfile"),
-    "evaluate": code_version("evaluate", "llm.ledger", "llm.spend"),
-}
+def code_version(script):
+    """The code version of ``script`` (a path relative to the workflow directory), computed once."""
+    if script not in _CODE_VERSIONS:
+        basedir = Path(workflow.basedir)
+        try:
+            _CODE_VERSIONS[script] = _code_version(basedir / script, basedir / "scripts" / "tubetune")
+        except (OSError, SyntaxError, ModuleNotFoundError) as exc:
+            raise WorkflowError(f"code_version({script!r}): {exc}") from None
+    return _CODE_VERSIONS[script]
 
 
 wildcard_constraints:
@@ -195,9 +177,10 @@ def dataset_outputs():
 
 
 def train_outputs():
-    """The train target: every sweep run's adapter, metrics and plot, and the sweep comparison."""
+    """The train target: every sweep run's adapter, metrics, plot and manifest (rules/manifest.smk),
+    and the sweep comparison."""
     return dataset_outputs() + run_files(
-        "adapters/adapters.safetensors", "metrics.jsonl", "loss.png", *TRAIN_TARGET_EXTRA
+        "adapters/adapters.safetensors", "metrics.jsonl", "loss.png", "manifest.json"
     ) + compare_outputs()
 
 
@@ -283,13 +266,15 @@ EXPORT_MODEL_DIRS = {"base": f"{R}/model/base", "tuned": f"{R}/fused"}
 
 
 def export_model_dir(wildcards):
-    if wildcards.model == "tuned":
-        after_compare()
     return EXPORT_MODEL_DIRS[wildcards.model]
 
 
+def export_winner(wildcards):
+    """The tuned export waits for the compare checkpoint (see winner_chosen); the base export does not."""
+    return winner_chosen() if wildcards.model == "tuned" else []
+
+
 def tuned_modelfile_gguf(wildcards):
-    after_compare()
     return f"{R}/export/gguf/tuned-{config['export']['ollama_quant']}.gguf"
 
 
@@ -312,11 +297,6 @@ except ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None
 
 RUN_NAMES = list(SWEEP_RUNS)
-
-# Per-run files the train target asks for besides adapter, metrics and plot (rules/manifest.smk adds
-# manifest.json when it is included).
-TRAIN_TARGET_EXTRA = []
-
 
 wildcard_constraints:
     run="|".join(re.escape(name) for name in RUN_NAMES),
@@ -374,15 +354,18 @@ def winner_file(name):
     return inputs
 
 
-def after_compare():
-    """Make the calling job wait for the compare checkpoint (its input function only *reads* winner.json).
+def winner_chosen():
+    """An input naming the compare checkpoint as a dependency: its winner.json, ancient().
 
-    Snakemake 9 keeps the rerun reason a job got before a checkpoint ran unless the job itself depends
-    on that checkpoint (only those jobs are rebuilt afterwards). Every job downstream of fuse calls this,
-    so when a new sweep point does not win, fuse (unchanged inputs) and all after it stay up to date;
-    without it the tuned GGUF export, the Modelfile and the evaluation would rerun on stale reasons.
+    Snakemake 9 re-evaluates the jobs that depend on a checkpoint once it has run; a job further down
+    keeps the rerun reason it got before (while fuse still looked due). fuse, export_hf and evaluate read
+    the winner's files (winner_file), which depends on the checkpoint; the jobs after fuse that do not
+    (the tuned GGUF export, the Modelfile) take this input, so that when a new sweep point does not
+    win, fuse and everything after it stay up to date. ancient(): a newer winner.json alone (the
+    comparison reran, same winner) reruns nothing; a new winner changes the winner's files and so fuse
+    and all after it.
     """
-    winner_run()
+    return [ancient(f"{R}/sweep/winner.json")]
 
 
 def winner_param(wildcards):
@@ -392,7 +375,9 @@ def winner_param(wildcards):
 
 # ---- manifest (rules/manifest.smk) ----
 
-WORKFLOW_DIR = str(Path(workflow.basedir).resolve())
+# The workflow directory (its git state goes into the manifest), relative to the working directory the
+# jobs run in: a param, so an absolute path would rerun every manifest when a clone or workdir moves.
+WORKFLOW_DIR = os.path.relpath(workflow.basedir)
 
 
 def manifest_config(wildcards):

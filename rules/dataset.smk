@@ -21,7 +21,8 @@ rule build_dataset:
         lengths=f"{R}/dataset/lengths.png",
     params:
         dataset=config["dataset"],
-        code=CODE_VERSIONS["build_dataset"],
+        review_dir=f"{R}/review",  # named in the error when no Q&A pair survives
+        code=code_version("scripts/build_dataset.py"),
     log:
         f"{LOGS}/build_dataset.log",
     conda:

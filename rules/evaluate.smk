@@ -28,12 +28,12 @@ rule evaluate:
     params:
         settings=dict(config["evaluate"]),
         run=winner_param,
-        code=CODE_VERSIONS["evaluate"],
+        code=code_version("scripts/evaluate.py"),
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
         f"{BENCH}/evaluate.tsv"
-    threads: workflow.cores or 2
+    threads: ALL_CORES
     conda:
         "../envs/tubetune.yaml"
     script:

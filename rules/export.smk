@@ -13,13 +13,13 @@ rule export_hf:
         stats=f"{R}/dataset/stats.json",
         summary=winner_file("summary"),
     output:
-        directory(f"{R}/export/hf"),
+        hf=directory(f"{R}/export/hf"),
     params:
         dtype=config["export"]["hf_dtype"],
         base=config["model"]["base"],
         channel=config["source"]["channel"],
         run=winner_param,
-        code=CODE_VERSIONS["export_hf"],
+        code=code_version("scripts/export_hf.py"),
     log:
         f"{LOGS}/export_hf.log",
     benchmark:
@@ -32,13 +32,14 @@ rule export_hf:
 
 rule export_gguf:
     input:
-        export_model_dir,
+        model=export_model_dir,
+        winner=export_winner,
     output:
-        f"{R}/export/gguf/{{model}}-{{qtype}}.gguf",
+        gguf=f"{R}/export/gguf/{{model}}-{{qtype}}.gguf",
     params:
         tokenizer_pre=config["export"]["gguf_tokenizer_pre"],
         base=config["model"]["base"],
-        code=CODE_VERSIONS["export_gguf"],
+        code=code_version("scripts/export_gguf.py"),
     log:
         f"{LOGS}/export_gguf/{{model}}-{{qtype}}.log",
     benchmark:
@@ -53,12 +54,13 @@ rule modelfile:
     input:
         gguf=tuned_modelfile_gguf,
         stats=f"{R}/dataset/stats.json",
+        winner=winner_chosen(),
     output:
-        f"{R}/export/gguf/Modelfile",
+        modelfile=f"{R}/export/gguf/Modelfile",
     params:
         system=config["export"]["ollama_system"],
         parameters=dict(config["export"]["ollama_parameters"]),
-        code=CODE_VERSIONS["modelfile"],
+        code=code_version("scripts/modelfile.py"),
     log:
         f"{LOGS}/modelfile.log",
     conda:

@@ -4,7 +4,7 @@
 
 rule chunk:
     input:
-        f"{R}/transcripts/{{video}}.json",
+        transcript=f"{R}/transcripts/{{video}}.json",
     output:
         chunks=f"{R}/chunks/{{video}}.jsonl",
         status=f"{R}/chunks/{{video}}.status.json",
@@ -85,7 +85,7 @@ rule review:
         dropped=f"{R}/qa/{{video}}.dropped.jsonl",
         quarantine=f"{R}/questions/{{video}}.quarantine.jsonl",
     output:
-        f"{R}/review/{{video}}.md",
+        page=f"{R}/review/{{video}}.md",
     log:
         f"{LOGS}/review/{{video}}.log",
     conda:
@@ -96,9 +96,9 @@ rule review:
 
 rule review_index:
     input:
-        per_video(f"{R}/review/{{video}}.md"),
+        pages=per_video(f"{R}/review/{{video}}.md"),
     output:
-        f"{R}/review/index.md",
+        index_page=f"{R}/review/index.md",
     log:
         f"{LOGS}/review_index.log",
     conda:

@@ -9,7 +9,7 @@ rule batch_questions:
         chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
         prompt=prompt_file("questions"),
     output:
-        f"{R}/llm/batch/questions.json",
+        report=f"{R}/llm/batch/questions.json",
     params:
         llm=llm_params(),
         questions=question_settings(),
@@ -30,7 +30,7 @@ rule batch_answers:
         chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
         prompt=prompt_file("answers"),
     output:
-        f"{R}/llm/batch/answers.json",
+        report=f"{R}/llm/batch/answers.json",
     params:
         llm=llm_params(),
     log:
@@ -46,7 +46,7 @@ rule batch_answers:
 # What the LLM calls behind the current results cost: every LLM job's usage record, per pass and mode.
 rule llm_ledger:
     input:
-        ledger_records(),
+        records=ledger_records(),
     output:
         json=f"{R}/llm/ledger.json",
         md=f"{R}/llm/ledger.md",

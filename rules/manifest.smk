@@ -2,9 +2,7 @@
 # versions, platform and BLAS, seeds, SHA-256 of the dataset, base model and adapter files, times,
 # val losses), and a config.yaml that reruns it. Rerun and compare: python -m tubetune.train.reproduce.
 
-# The train target asks for every run's manifest (see TRAIN_TARGET_EXTRA in rules/common.smk).
-if "manifest.json" not in TRAIN_TARGET_EXTRA:
-    TRAIN_TARGET_EXTRA.append("manifest.json")
+# The train target asks for every run's manifest (train_outputs in rules/common.smk).
 
 rule manifest:
     input:

@@ -10,12 +10,12 @@ rule base_model:
     params:
         source=BASE_SOURCE.describe(),
         settings=dict(config["model"]),
-        code=CODE_VERSIONS["base_model"],
+        code=code_version("scripts/base_model.py"),
     log:
         f"{LOGS}/base_model.log",
     benchmark:
         f"{BENCH}/base_model.tsv"
-    threads: workflow.cores or 2
+    threads: ALL_CORES
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -27,7 +27,7 @@ rule fetch_transcript:
         transcript=local_transcript,
         listing=ancient(f"{R}/videos/selected.json"),
     output:
-        f"{R}/transcripts/{{video}}.json",
+        transcript=f"{R}/transcripts/{{video}}.json",
     params:
         video=video_meta,
         source=source_settings(FETCH_KEYS),

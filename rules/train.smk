@@ -20,12 +20,12 @@ rule train_run:
         summary=f"{R}/train/{{run}}/summary.json",
     params:
         settings=run_train_settings,
-        code=CODE_VERSIONS["train_run"],
+        code=code_version("scripts/train.py"),
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
         f"{BENCH}/train/{{run}}.tsv"
-    threads: workflow.cores or 2
+    threads: ALL_CORES
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -39,13 +39,13 @@ rule test_loss:
         adapters=f"{R}/train/{{run}}/adapters/adapters.safetensors",
         adapter_config=f"{R}/train/{{run}}/adapters/adapter_config.json",
     output:
-        f"{R}/train/{{run}}/test_loss.json",
+        test_loss=f"{R}/train/{{run}}/test_loss.json",
     params:
         settings=test_loss_settings(),
-        code=CODE_VERSIONS["test_loss"],
+        code=code_version("scripts/test_loss.py"),
     log:
         f"{LOGS}/test_loss/{{run}}.log",
-    threads: workflow.cores or 2
+    threads: ALL_CORES
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -64,7 +64,7 @@ checkpoint compare:
         winner=f"{R}/sweep/winner.json",
     params:
         runs=RUN_NAMES,
-        code=CODE_VERSIONS["compare"],
+        code=code_version("scripts/compare.py"),
     log:
         f"{LOGS}/compare.log",
     conda:
@@ -79,15 +79,15 @@ rule fuse:
         adapters=winner_file("adapters"),
         adapter_config=winner_file("adapter_config"),
     output:
-        directory(f"{R}/fused"),
+        fused=directory(f"{R}/fused"),
     params:
         run=winner_param,
-        code=CODE_VERSIONS["fuse"],
+        code=code_version("scripts/fuse.py"),
     log:
         f"{LOGS}/fuse.log",
     benchmark:
         f"{BENCH}/fuse.tsv"
-    threads: workflow.cores or 2
+    threads: ALL_CORES
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -9,7 +9,7 @@ run_step(
         questions_path=snakemake.input.questions,
         chunks_path=snakemake.input.chunks,
         prompt_path=snakemake.input.prompt,
-        out_path=snakemake.output.qa,
+        qa_path=snakemake.output.qa,
         dropped_path=snakemake.output.dropped,
         llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
         usage_path=snakemake.output.usage,

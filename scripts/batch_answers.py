@@ -9,7 +9,7 @@ run_step(
         question_paths=snakemake.input.questions,
         chunk_paths=snakemake.input.chunks,
         prompt_path=snakemake.input.prompt,
-        out_path=snakemake.output[0],
+        report_path=snakemake.output.report,
         llm_config=snakemake.config["llm"],
     ),
 )

@@ -8,7 +8,7 @@ run_step(
     lambda: batch_questions(
         chunk_paths=snakemake.input.chunks,
         prompt_path=snakemake.input.prompt,
-        out_path=snakemake.output[0],
+        report_path=snakemake.output.report,
         llm_config=snakemake.config["llm"],
         question_config=snakemake.params.questions,
     ),

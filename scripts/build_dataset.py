@@ -1,8 +1,6 @@
 """Rule build_dataset: dedup, filter, chat JSONL, split by video, statistics."""
 
-from pathlib import Path
-
-from tubetune.dataset.build import build_dataset
+from tubetune.dataset.build import DatasetOutputs, build_dataset
 from tubetune.logs import run_step
 
 run_step(
@@ -14,8 +12,18 @@ run_step(
         dropped_paths=list(snakemake.input.dropped),
         selected_path=snakemake.input.selected,
         filtered_path=snakemake.input.filtered,
-        out_dir=Path(snakemake.output.stats).parent,
+        outputs=DatasetOutputs(
+            train=snakemake.output.train,
+            valid=snakemake.output.valid,
+            test=snakemake.output.test,
+            dropped=snakemake.output.dropped,
+            skipped=snakemake.output.skipped,
+            stats=snakemake.output.stats,
+            stats_md=snakemake.output.stats_md,
+            lengths=snakemake.output.lengths,
+        ),
         dataset_config=snakemake.params.dataset,
+        review_dir=snakemake.params.review_dir,
         ledger_path=snakemake.input.ledger,
     ),
 )

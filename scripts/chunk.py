@@ -6,6 +6,6 @@ from tubetune.logs import run_step
 run_step(
     snakemake.log[0],
     lambda: chunk(
-        snakemake.input[0], snakemake.output.chunks, snakemake.output.status, snakemake.params.chunk
+        snakemake.input.transcript, snakemake.output.chunks, snakemake.output.status, snakemake.params.chunk
     ),
 )

@@ -8,7 +8,7 @@ run_step(
     lambda: extract_questions(
         chunks_path=snakemake.input.chunks,
         prompt_path=snakemake.input.prompt,
-        out_path=snakemake.output.questions,
+        questions_path=snakemake.output.questions,
         llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
         question_config=snakemake.params.questions,
         usage_path=snakemake.output.usage,

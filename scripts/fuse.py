@@ -5,14 +5,15 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(snakemake.threads))
 
 from tubetune.logs import run_step
-from tubetune.train.fuse import fuse_adapters
+from tubetune.train.fuse import fuse
 
 run_step(
     snakemake.log[0],
-    lambda: fuse_adapters(
+    lambda: fuse(
         snakemake.input.base,
-        os.path.dirname(snakemake.input.adapters),
-        snakemake.output[0],
+        adapters=snakemake.input.adapters,
+        adapter_config=snakemake.input.adapter_config,
+        fused=snakemake.output.fused,
         run=snakemake.params.run,
     ),
 )

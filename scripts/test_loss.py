@@ -6,18 +6,17 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(snakemake.threads))
 
 from tubetune.logs import run_step
-from tubetune.train.test_loss import adapter_test_loss
+from tubetune.train.test_loss import test_loss
 
 run_step(
     snakemake.log[0],
-    lambda: adapter_test_loss(
-        snakemake.input.base,
-        os.path.dirname(snakemake.input.adapters),
+    lambda: test_loss(
         snakemake.input.test,
-        snakemake.output[0],
-        batch_size=snakemake.params.settings["loss_batch_size"],
-        max_seq_length=snakemake.params.settings["loss_max_seq_length"],
-        max_examples=snakemake.params.settings["max_examples"],
+        snakemake.input.base,
+        adapters=snakemake.input.adapters,
+        adapter_config=snakemake.input.adapter_config,
+        out=snakemake.output.test_loss,
         run=snakemake.wildcards.run,
+        settings=snakemake.params.settings,
     ),
 )

@@ -1,4 +1,4 @@
-"""Rule train: results/dataset/{train,valid}.jsonl + results/model/base -> results/train (best adapter)."""
+"""Rule train_run: results/dataset/{train,valid}.jsonl + results/model/base -> results/train/{run}."""
 
 import os
 
@@ -6,16 +6,21 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(snakemake.threads))
 
 from tubetune.logs import run_step
-from tubetune.train.runner import train_from_config
+from tubetune.train.runner import train_run
 
 run_step(
     snakemake.log[0],
-    lambda: train_from_config(
+    lambda: train_run(
         snakemake.input.train,
         snakemake.input.valid,
         snakemake.input.base,
-        os.path.dirname(snakemake.output.metrics),
-        dict(snakemake.params.settings),
+        adapters=snakemake.output.adapters,
+        adapter_config=snakemake.output.adapter_config,
+        last=snakemake.output.last,
+        metrics=snakemake.output.metrics,
+        plot=snakemake.output.plot,
+        summary=snakemake.output.summary,
+        settings=snakemake.params.settings,
         threads=snakemake.threads,
     ),
 )

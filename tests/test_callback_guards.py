@@ -1,4 +1,4 @@
-"""Training guards in the mlx-lm callback: a NaN / infinite loss stops training with one clear line,
+"""Training guards among the mlx-lm callbacks: a NaN / infinite loss stops training with one clear line,
 and a val loss that keeps rising is warned about once."""
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ import pytest
 from tubetune.errors import TubetuneError
 
 
-def make_callback(tmp_path: Path, **overrides: Any) -> Any:
-    from tubetune.train.callback import EarlyStopping, MetricsCallback
+def make_callback(
+    tmp_path: Path,
+    *,
+    saved: list[Path] | None = None,
+    evaluate: Any = None,
+    steps_per_eval: int = 0,
+    **guard: Any,
+) -> Any:
+    """The runner's chain: best adapter (saves into ``saved``), metrics writer, the guard (``guard``)."""
+    from tubetune.train.callback import BestAdapter, CallbackChain, DivergenceGuard, MetricsWriter
 
-    settings: dict[str, Any] = {
-        "metrics_path": tmp_path / "metrics.jsonl",
-        "batches_per_epoch": 10,
-        "stopper": EarlyStopping(None),
-        "final_iteration": 1000,
-        "save_best": lambda iteration: None,
-        "learning_rate": lambda: 1e-4,
-        "peak_memory_gb": lambda: 0.5,
-    }
-    settings.update(overrides)
-    return MetricsCallback(**settings)
+    best = BestAdapter(save=(saved.append if saved is not None else lambda path: None),
+                       best_path=tmp_path / "adapters.safetensors", patience=None, final_iteration=1000)
+    metrics = MetricsWriter(path=tmp_path / "metrics.jsonl", batches_per_epoch=10, best=best,
+                            learning_rate=lambda: 1e-4, peak_memory_gb=lambda: 0.5)
+    divergence = DivergenceGuard(best=best, learning_rate=lambda: 1e-4, **guard)
+    return CallbackChain([best, metrics, divergence], evaluate=evaluate, steps_per_eval=steps_per_eval,
+                         final_iteration=1000)
 
 
 def train_report(iteration: int, loss: float, learning_rate: float = 2e-4) -> dict[str, Any]:
@@ -93,13 +97,13 @@ def test_nan_train_loss_stops_before_the_validation_that_was_due(tmp_path: Path)
 def test_nan_val_loss_stops_training(tmp_path: Path) -> None:
     from tubetune.train.callback import TrainingDiverged
 
-    saved: list[int] = []
-    callback = make_callback(tmp_path, save_best=saved.append)
+    saved: list[Path] = []
+    callback = make_callback(tmp_path, saved=saved)
     callback.on_val_loss_report(val_report(0, 3.0))
     expected = r"^val loss is NaN at iteration 10: .*train\.learning_rate \(now 0\.0001\)"
     with pytest.raises(TrainingDiverged, match=expected):
         callback.on_val_loss_report(val_report(10, math.nan))
-    assert saved == [0]
+    assert saved == [tmp_path / "adapters.safetensors"]  # once, at iteration 0
     rows = read_rows(tmp_path / "metrics.jsonl")
     assert [row["val_loss"] for row in rows] == [3.0, None]
     assert rows[-1]["is_best"] is False
@@ -159,18 +163,20 @@ def test_a_real_diverging_run_stops_with_the_guard(
     NaN to the end; the best adapter before it and a summary saying so are kept (a sweep ranks it)."""
     import yaml
 
-    from tubetune.config import validate_config
-    from tubetune.train.runner import TrainOutputs, run_training
+    from tubetune.config import settings_from, validate_config
+    from tubetune.train.reproduce import run_layout
+    from tubetune.train.runner import run_training
     from tubetune.train.settings import TrainSettings
 
     root = Path(__file__).resolve().parents[1]
     config: dict[str, Any] = yaml.safe_load((root / "config.yaml").read_text())
     config["train"].update(profile="tiny-test", learning_rate=1e30, iters=6, warmup_ratio=0.0)
     validate_config(config, root / "config.schema.yaml")
-    outputs = TrainOutputs.in_dir(tmp_path)
+    outputs = run_layout(tmp_path)
     with caplog.at_level(logging.ERROR, logger="tubetune.train.runner"):
+        settings = settings_from(TrainSettings, config["train"], "train")
         summary = run_training(chat_dataset_dir / "train.jsonl", chat_dataset_dir / "valid.jsonl",
-                               base_model_dir, outputs, TrainSettings.from_config(config["train"]))
+                               base_model_dir, outputs, settings)
     assert summary["diverged"]["iteration"] == 2 and summary["iterations_run"] == 2
     assert summary["diverged"]["message"].startswith("train loss is NaN at iteration 2: training diverged; ")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from tubetune.dataset.build import build_dataset, split_videos
+from tubetune.config import section_config, settings_from
+from tubetune.dataset.build import DatasetOutputs, DatasetSettings, build_dataset, split_videos
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import chunk
 from tubetune.jsonio import write_json, write_jsonl
-from tubetune.llm.ledger import ledger_step
+from tubetune.llm.ledger import llm_ledger
 
 CONFIG: dict[str, Any] = {
     "system_prompt": "You are the voice of {channel}.",
@@ -26,6 +27,20 @@ CHUNK_CONFIG = {"max_tokens": 600, "min_tokens": 120, "min_words": 150}
 ANSWER = "I preheat the pot for a full 45 minutes at 250 C so the walls are properly hot."
 
 
+def outputs(out: Path) -> DatasetOutputs:
+    """The dataset files in ``out``, named as rules/dataset.smk names them."""
+    return DatasetOutputs(
+        train=out / "train.jsonl",
+        valid=out / "valid.jsonl",
+        test=out / "test.jsonl",
+        dropped=out / "dropped.jsonl",
+        skipped=out / "skipped_videos.tsv",
+        stats=out / "stats.json",
+        stats_md=out / "stats.md",
+        lengths=out / "lengths.png",
+    )
+
+
 def test_split_is_by_video_seeded_and_complete() -> None:
     videos = [f"video{i:06d}" for i in range(10)]
     a = split_videos(videos, CONFIG["split"], seed=1)
@@ -38,6 +53,13 @@ def test_split_is_by_video_seeded_and_complete() -> None:
 def test_split_with_too_few_videos_says_what_to_do() -> None:
     with pytest.raises(ConfigError, match="add videos or set a split fraction to 0"):
         split_videos(["aaaaaaaaaaa", "bbbbbbbbbbb"], CONFIG["split"], seed=1)
+
+
+def test_split_fractions_must_add_up_to_one() -> None:
+    section = section_config("dataset", {"split": {"train": 0.8, "valid": 0.3, "test": 0.1}})
+    message = r"^config error: dataset.split fractions must add up to 1 \(they add up to 1.2\)$"
+    with pytest.raises(ConfigError, match=message):
+        settings_from(DatasetSettings, section, "dataset")
 
 
 def _qa(qa_id: str, video: str, question: str, answer: str = ANSWER) -> dict[str, Any]:
@@ -114,7 +136,8 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
     filtered.write_text("video_id\ttitle\treason\nsssssssssss\tA short\tshort (41 s < 120 s)\n")
 
     stats = build_dataset(
-        qa_paths, [gone, music], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG
+        qa_paths, [gone, music], [quarantine], [dropped], selected, filtered, outputs(tmp_path / "out"),
+        CONFIG, tmp_path / "review",
     )
 
     assert stats["examples"]["total"] == 11
@@ -156,7 +179,7 @@ def _ledger(tmp_path: Path, answer_model: str) -> Path:
     write_json(records[0], questions)
     write_json(records[1], answers)
     ledger = tmp_path / "llm" / "ledger.json"
-    ledger_step(records, {"prices": PRICES}, ledger, ledger.with_suffix(".md"))
+    llm_ledger(records, PRICES, ledger, ledger.with_suffix(".md"))
     return ledger
 
 
@@ -180,12 +203,13 @@ def _three_videos(tmp_path: Path) -> tuple[list[Path], list[Path], list[Path], l
 def test_stats_show_the_llm_ledger_total(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
-    without = build_dataset(*_three_videos(tmp_path), out, CONFIG)
+    without = build_dataset(*_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review")
     assert "llm" not in without
     assert "LLM cost" not in (out / "stats.md").read_text()
 
     stats = build_dataset(
-        *_three_videos(tmp_path), out, CONFIG, ledger_path=_ledger(tmp_path, "claude-sonnet-4-6")
+        *_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review",
+        ledger_path=_ledger(tmp_path, "claude-sonnet-4-6"),
     )
 
     # questions: (200k * 3 + 30k * 15 + 50k * 0.3 + 10k * 3.75) / 1M; answers: (100k * 3 + 20k * 15) / 1M
@@ -204,7 +228,8 @@ def test_stats_show_the_llm_ledger_total(tmp_path: Path) -> None:
 def test_stats_say_why_the_llm_dollars_are_unknown(tmp_path: Path) -> None:
     out = tmp_path / "out"
     stats = build_dataset(
-        *_three_videos(tmp_path), out, CONFIG, ledger_path=_ledger(tmp_path, "claude-future-9")
+        *_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review",
+        ledger_path=_ledger(tmp_path, "claude-future-9"),
     )
 
     assert stats["llm"]["dollars"] is None
@@ -237,7 +262,10 @@ def test_no_usable_qa_names_the_reasons(tmp_path: Path) -> None:
     filtered.write_text("video_id\ttitle\treason\n")
 
     with pytest.raises(TubetuneError) as caught:
-        build_dataset([qa], [status], [quarantine], [dropped], selected, filtered, tmp_path / "out", CONFIG)
+        build_dataset(
+            [qa], [status], [quarantine], [dropped], selected, filtered, outputs(tmp_path / "out"), CONFIG,
+            tmp_path / "review",
+        )
 
     assert str(caught.value) == (
         "no usable Q&A: 0 of 51 questions from 1 chunk survived "
@@ -266,4 +294,7 @@ def test_no_video_with_speech_names_the_skip_reasons(tmp_path: Path) -> None:
         r"\(skipped videos: 3 too little speech, 1 short\); "
         r"check the source \(source\.\*\) and chunk\.min_words$",
     ):
-        build_dataset([empty], statuses, [empty], [empty], selected, filtered, tmp_path / "out", CONFIG)
+        build_dataset(
+            [empty], statuses, [empty], [empty], selected, filtered, outputs(tmp_path / "out"), CONFIG,
+            tmp_path / "review",
+        )

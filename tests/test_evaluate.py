@@ -7,6 +7,7 @@ base model dir as both MLX models, so every delta must be exactly zero (greedy, 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -16,18 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import validate_config
+from tubetune.config import section_config, settings_from, validate_config
 from tubetune.errors import ConfigError, InputFileError
-from tubetune.evaluate import (
-    DEFAULT_LEAK_MARKERS,
-    DEFAULT_REFUSAL_PATTERNS,
-    EvalInputs,
-    EvalOutputs,
-    EvalSettings,
-    build_metrics,
-    evaluate,
-    read_test_set,
-)
 from tubetune.evaluate.metrics import (
     METRICS,
     check_format,
@@ -41,12 +32,23 @@ from tubetune.evaluate.metrics import (
     which_is_better,
 )
 from tubetune.evaluate.report import flatten, render_report, select_side_by_side
+from tubetune.evaluate.run import (
+    EvalInputs,
+    EvalOutputs,
+    EvalSettings,
+    build_metrics,
+    evaluate,
+    generation_settings,
+    read_test_set,
+)
 from tubetune.jsonio import write_json
-from tubetune.llm.ledger import ledger_step
+from tubetune.llm.ledger import llm_ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = [info.name for info in METRICS]
-PATTERNS = compile_patterns(DEFAULT_REFUSAL_PATTERNS)
+DEFAULTS = settings_from(EvalSettings, section_config("evaluate"), "evaluate")
+PATTERNS = compile_patterns(DEFAULTS.refusal_patterns)
+LEAK_MARKERS = DEFAULTS.leak_markers
 Model = tuple[Any, Any]  # an mlx-lm model and its tokenizer
 Rows = list[dict[str, Any]]
 
@@ -96,18 +98,18 @@ def test_bad_refusal_pattern_is_a_config_error() -> None:
 
 def test_leaked_special_tokens_make_an_answer_non_compliant() -> None:
     answer = "Feed it daily.<|im_end|>\n<|im_start|>user\nAnd rye?"
-    assert leaked_markers(answer, DEFAULT_LEAK_MARKERS) == ["<|im_start|>", "<|im_end|>"]
-    assert leaked_markers("Bake at 250 degrees <3", DEFAULT_LEAK_MARKERS) == []
-    check = check_format(answer, "stop", 20, 64, DEFAULT_LEAK_MARKERS)
+    assert leaked_markers(answer, LEAK_MARKERS) == ["<|im_start|>", "<|im_end|>"]
+    assert leaked_markers("Bake at 250 degrees <3", LEAK_MARKERS) == []
+    check = check_format(answer, "stop", 20, 64, LEAK_MARKERS)
     assert not check.ok
     assert check.leaked == ("<|im_start|>", "<|im_end|>")
     assert check.issues == ["leaked <|im_start|> <|im_end|>"]
-    assert not check_format("Done.<|eot_id|>", "stop", 3, 64, DEFAULT_LEAK_MARKERS).ok
+    assert not check_format("Done.<|eot_id|>", "stop", 3, 64, LEAK_MARKERS).ok
     # Control tokens come out of llama.cpp as empty text: only the role name of the next turn is left.
-    assert leaked_markers("Feed it daily.\nuser\nAnd rye?", DEFAULT_LEAK_MARKERS) == ["role header"]
-    assert leaked_markers("Feed it daily.user\n\nAnd rye?", DEFAULT_LEAK_MARKERS) == ["role header"]
-    assert leaked_markers("Ask your assistant\nto help.", DEFAULT_LEAK_MARKERS) == []
-    assert leaked_markers("Every user should feed it daily.\n", DEFAULT_LEAK_MARKERS) == []
+    assert leaked_markers("Feed it daily.\nuser\nAnd rye?", LEAK_MARKERS) == ["role header"]
+    assert leaked_markers("Feed it daily.user\n\nAnd rye?", LEAK_MARKERS) == ["role header"]
+    assert leaked_markers("Ask your assistant\nto help.", LEAK_MARKERS) == []
+    assert leaked_markers("Every user should feed it daily.\n", LEAK_MARKERS) == []
 
 
 def test_cut_at_max_tokens_detection() -> None:
@@ -115,15 +117,15 @@ def test_cut_at_max_tokens_detection() -> None:
     assert not is_cut_at_max("stop", 64, 64)  # the end-of-turn token came exactly at the limit
     assert not is_cut_at_max("stop", 10, 64)
     assert is_cut_at_max(None, 64, 64)
-    check = check_format("Preheat the oven to 250 degrees and", "length", 64, 64, DEFAULT_LEAK_MARKERS)
+    check = check_format("Preheat the oven to 250 degrees and", "length", 64, 64, LEAK_MARKERS)
     assert (check.ok, check.cut_at_max, check.issues) == (False, True, ["cut at max tokens"])
 
 
 def test_clean_empty_and_failed_answers() -> None:
-    assert check_format("Preheat to 250 degrees.", "stop", 6, 64, DEFAULT_LEAK_MARKERS).ok
-    empty = check_format("  \n", "stop", 1, 64, DEFAULT_LEAK_MARKERS)
+    assert check_format("Preheat to 250 degrees.", "stop", 6, 64, LEAK_MARKERS).ok
+    empty = check_format("  \n", "stop", 1, 64, LEAK_MARKERS)
     assert (empty.ok, empty.issues) == (False, ["empty"])
-    failed = check_format("", None, 0, 64, DEFAULT_LEAK_MARKERS, error="prompt too long")
+    failed = check_format("", None, 0, 64, LEAK_MARKERS, error="prompt too long")
     assert not failed.ok
     assert failed.issues[0] == "error: prompt too long"
 
@@ -228,13 +230,18 @@ def test_report_without_a_ledger_has_no_cost_line(tmp_path: Path) -> None:
     assert 'class="llm-cost"' not in html and "Building the dataset" not in html
 
 
-def test_schema_defaults_match_the_settings_dataclass() -> None:
+def test_settings_are_the_schema_section() -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     config["evaluate"] = {}
     validate_config(config, ROOT / "config.schema.yaml")
-    assert EvalSettings.from_mapping(config["evaluate"]) == EvalSettings()
+    assert settings_from(EvalSettings, config["evaluate"], "evaluate") == DEFAULTS
+    assert (DEFAULTS.quant, DEFAULTS.max_examples, len(DEFAULTS.leak_markers)) == ("q8_0", None, 9)
     with pytest.raises(ConfigError, match=r"evaluate\.quantt"):
-        EvalSettings.from_mapping({"quantt": "q8_0"})
+        settings_from(EvalSettings, {**section_config("evaluate"), "quantt": "q8_0"}, "evaluate")
+    with pytest.raises(ConfigError, match="evaluate: missing key 'quant'"):
+        settings_from(EvalSettings, {}, "evaluate")
+    generation = generation_settings(DEFAULTS, threads=0)
+    assert (generation.max_new_tokens, generation.n_ctx, generation.n_threads) == (256, 2048, 1)
 
 
 def test_config_schema_rejects_a_bad_evaluate_value() -> None:
@@ -262,7 +269,7 @@ def test_read_test_set_names_the_bad_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mlx_model(base_model_dir: Path) -> tuple[Any, Any]:
-    from tubetune.evaluate.loss import load_model
+    from tubetune.train.loss import load_model
 
     return load_model(base_model_dir)
 
@@ -292,7 +299,7 @@ def _hand_loss(model: Any, tokenizer: Any, messages: list[dict[str, str]], maske
 def test_masked_loss_equals_hand_computed_and_differs_from_unmasked(
     mlx_model: Model, chat_rows: Rows
 ) -> None:
-    from tubetune.evaluate.loss import dataset_loss
+    from tubetune.train.loss import dataset_loss
 
     model, tokenizer = mlx_model
     # The shortest example batched with the longest one: it is right padded, and padding must not count.
@@ -319,7 +326,7 @@ def test_masked_loss_equals_hand_computed_and_differs_from_unmasked(
 def test_loss_same_for_any_batch_size_and_via_mlx_lm_evaluate(mlx_model: Model, chat_rows: Rows) -> None:
     from mlx_lm.tuner.trainer import evaluate as mlx_evaluate
 
-    from tubetune.evaluate.loss import chat_dataset, dataset_loss, masked_loss
+    from tubetune.train.loss import chat_dataset, dataset_loss, masked_loss
 
     model, tokenizer = mlx_model
     rows = chat_rows[:3]
@@ -339,7 +346,7 @@ def test_loss_same_for_any_batch_size_and_via_mlx_lm_evaluate(mlx_model: Model, 
 
 @pytest.mark.slow  # loads a model
 def test_truncated_prompt_leaves_nothing_to_score(mlx_model: Model, chat_rows: Rows) -> None:
-    from tubetune.evaluate.loss import dataset_loss
+    from tubetune.train.loss import dataset_loss
 
     model, tokenizer = mlx_model
     with pytest.raises(InputFileError, match="loss_max_seq_length 40 too small"):
@@ -396,11 +403,11 @@ def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model
     usage = {"pass": "questions", "backend": "llama_cpp", "model": "gguf:teacher.gguf", "requests": 9,
              "cache_hits": 4, "calls": 5, "input_tokens": 5000, "output_tokens": 900}
     write_json(tmp_path / "usage.json", usage)
-    ledger_step([tmp_path / "usage.json"], {"prices": {}}, tmp_path / "ledger.json", tmp_path / "ledger.md")
+    llm_ledger([tmp_path / "usage.json"], {}, tmp_path / "ledger.json", tmp_path / "ledger.md")
     return EvalInputs(
         test=test, base_gguf=gguf, tuned_gguf=gguf, base_model=model_dir, tuned_model=model_dir,
-        loss_png=tmp_path / "loss.png", train_summary=tmp_path / "summary.json",
-        dataset_stats=tmp_path / "stats.json", llm_ledger=tmp_path / "ledger.json",
+        loss_png=tmp_path / "loss.png", summary=tmp_path / "summary.json",
+        stats=tmp_path / "stats.json", ledger=tmp_path / "ledger.json",
     )
 
 
@@ -413,9 +420,11 @@ def test_evaluate_end_to_end(
     outputs = EvalOutputs(
         metrics=out / "metrics.json", answers=out / "answers.jsonl", report=out / "report.html"
     )
-    settings = EvalSettings(max_new_tokens=16, n_side_by_side=4, loss_batch_size=3, n_ctx=512)
+    settings = section_config(
+        "evaluate", {"max_new_tokens": 16, "n_side_by_side": 4, "loss_batch_size": 3, "n_ctx": 512}
+    )
 
-    returned = evaluate(inputs, outputs, settings, threads=1)
+    returned = evaluate(inputs, outputs, settings, threads=1, run=None)
 
     metrics = json.loads(outputs.metrics.read_text(encoding="utf-8"))
     assert metrics == returned
@@ -472,7 +481,7 @@ def test_gguf_without_chat_template_is_refused(tmp_path: Path, bundled_gguf: Pat
     import gguf
     from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, get_field_data
 
-    from tubetune.evaluate.generate import GenerationSettings, load_gguf
+    from tubetune.evaluate.generate import load_gguf
 
     reader = gguf.GGUFReader(bundled_gguf)
     stripped = tmp_path / "no-template.gguf"
@@ -481,9 +490,9 @@ def test_gguf_without_chat_template_is_refused(tmp_path: Path, bundled_gguf: Pat
     )
     copy_with_new_metadata(reader, writer, {}, [gguf.Keys.Tokenizer.CHAT_TEMPLATE])
     with pytest.raises(InputFileError, match=r"no tokenizer\.chat_template metadata"):
-        load_gguf(stripped, GenerationSettings(n_ctx=256))
+        load_gguf(stripped, dataclasses.replace(generation_settings(DEFAULTS, threads=1), n_ctx=256))
     with pytest.raises(InputFileError, match="GGUF file not found"):
-        load_gguf(tmp_path / "missing.gguf", GenerationSettings())
+        load_gguf(tmp_path / "missing.gguf", generation_settings(DEFAULTS, threads=1))
 
 
 @pytest.mark.slow  # runs the evaluate rule through Snakemake
@@ -496,10 +505,10 @@ def test_evaluate_rule_in_snakemake(
     inputs = _evaluation_inputs(tmp_path, chat_dataset_dir, bundled_gguf, base_model_dir)
     results = workdir / "results"
     placed = {
-        "dataset/test.jsonl": inputs.test, "dataset/stats.json": inputs.dataset_stats,
+        "dataset/test.jsonl": inputs.test, "dataset/stats.json": inputs.stats,
         "export/gguf/base-q8_0.gguf": bundled_gguf, "export/gguf/tuned-q8_0.gguf": bundled_gguf,
         "model/base": base_model_dir, "fused": base_model_dir,
-        "train/loss.png": inputs.loss_png, "train/summary.json": inputs.train_summary,
+        "train/loss.png": inputs.loss_png, "train/summary.json": inputs.summary,
         "llm/ledger.json": tmp_path / "ledger.json",
     }
     for relative, source in placed.items():

@@ -253,7 +253,9 @@ def test_channel_responder_questions_pass_validation() -> None:
     data = reply_data(reply)
     jsonschema.validate(data, QUESTIONS_SCHEMA)
     questions = data["questions"]
-    settings = QuestionSettings(per_1k_tokens=7, min_per_chunk=2, max_per_chunk=8)
+    settings = QuestionSettings(
+        per_1k_tokens=7, min_per_chunk=2, max_per_chunk=8, min_chars=12, max_chars=300
+    )
     assert len(questions) == 6 and len({q.lower() for q in questions}) == 6
     assert [question_problem(q, settings) for q in questions] == [None] * 6
     assert find_duplicates(questions, 0.75) == []

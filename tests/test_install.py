@@ -32,3 +32,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make test" in readme and "make run" in readme
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_make_test_runs_the_fast_tier_then_the_slow_tier_each_test_once() -> None:
+    """`make test` runs pytest twice, with complementary markers: every test once, fast ones first."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntest: ", 1)[1].split("\n\n", 1)[0]
+    pytest_lines = [line.strip() for line in recipe.splitlines() if "pytest" in line]
+    assert pytest_lines == ['$(BIN)/pytest -m "not slow"', "$(BIN)/pytest -m slow"]
+    assert "lint" in recipe.splitlines()[0]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fake_anthropic import FakeAnthropic, RecordedRequest, error, ok, rate_limited, server_error
+from tubetune.config import section_config, settings_from
 from tubetune.errors import TubetuneError
 from tubetune.llm.backends import BackendError, MissingCredentialsError
 from tubetune.llm.cache import iter_entries
@@ -49,15 +50,16 @@ def settings(tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
-    return LLMSettings(
-        backend="anthropic",
-        model="claude-haiku-4-5",
-        base_url=fake_anthropic.base_url,
-        cache_dir=str(tmp_path / "cache"),
-        max_retries=2,
-        max_reasks=2,
-        timeout_s=10,
-    )
+    values = {
+        "backend": "anthropic",
+        "model": "claude-haiku-4-5",
+        "base_url": fake_anthropic.base_url,
+        "cache_dir": str(tmp_path / "cache"),
+        "max_retries": 2,
+        "max_reasks": 2,
+        "timeout_s": 10,
+    }
+    return settings_from(LLMSettings, section_config("llm", values), "llm")
 
 
 def chunk_request(client: LLMClient, n: int = 1) -> LLMRequest:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from fake_anthropic import FakeAnthropic, Latency, Reply, error, ok, overloaded, rate_limited
+from tubetune.config import section_config, settings_from
 from tubetune.llm.backends import BackendError, MissingCredentialsError
 from tubetune.llm.batch import (
     BatchPassError,
@@ -48,17 +49,18 @@ GOOD = {"questions": ["How long should the starter rest before the bake?"]}
 def settings(tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> LLMSettings:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
-    return LLMSettings(
-        backend="anthropic",
-        model="claude-haiku-4-5",
-        base_url=fake_anthropic.base_url,
-        cache_dir=str(tmp_path / "cache"),
-        max_retries=2,
-        max_reasks=1,
-        timeout_s=10,
-        mode="batch",
-        batch_poll_s=0.02,
-    )
+    values = {
+        "backend": "anthropic",
+        "model": "claude-haiku-4-5",
+        "base_url": fake_anthropic.base_url,
+        "cache_dir": str(tmp_path / "cache"),
+        "max_retries": 2,
+        "max_reasks": 1,
+        "timeout_s": 10,
+        "mode": "batch",
+        "batch_poll_s": 0.02,
+    }
+    return settings_from(LLMSettings, section_config("llm", values), "llm")
 
 
 def requests_for(client: LLMClient, n: int) -> list[LLMRequest]:
@@ -268,12 +270,13 @@ def test_a_pass_from_the_cache_needs_no_key_and_no_network(
 CHILD = textwrap.dedent(
     """
     import json, sys
+    from tubetune.config import settings_from
     from tubetune.llm.batch import PlannedRequest, run_batch_pass
     from tubetune.llm.client import LLMClient
     from tubetune.llm.request import LLMRequest
     from tubetune.llm.settings import LLMSettings
 
-    settings = LLMSettings.from_config(json.loads(sys.argv[1]))
+    settings = settings_from(LLMSettings, json.loads(sys.argv[1]), "llm")
     requests = [LLMRequest.from_dict(r) for r in json.loads(sys.argv[2])]
     run_batch_pass("questions", [PlannedRequest(r) for r in requests], LLMClient(settings))
     """

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tubetune.config import validate_config
+from tubetune.config import section_config, settings_from, validate_config
 from tubetune.errors import ConfigError
 from tubetune.llm.cache import CachedResponse, ResponseCache, entry_path, iter_entries
 from tubetune.llm.client import LLMClient, parse_json, reask_request, schema_error
@@ -132,7 +132,7 @@ def test_unreadable_entry_is_skipped_with_a_warning(tmp_path: Path, caplog: pyte
 
 def test_client_serves_hits_without_touching_the_backend(tmp_path: Path) -> None:
     """llama_cpp with a GGUF that does not exist: a hit never loads it, a miss says what is wrong."""
-    settings = LLMSettings(
+    settings = llm_settings(
         backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c")
     )
     client = LLMClient(settings)
@@ -149,7 +149,7 @@ def test_client_serves_hits_without_touching_the_backend(tmp_path: Path) -> None
 
 
 def test_cached_invalid_chain_replays_to_a_valid_answer(tmp_path: Path) -> None:
-    settings = LLMSettings(
+    settings = llm_settings(
         backend="llama_cpp", gguf=str(tmp_path / "absent.gguf"), cache_dir=str(tmp_path / "c")
     )
     client = LLMClient(settings)
@@ -169,53 +169,54 @@ def test_cached_invalid_chain_replays_to_a_valid_answer(tmp_path: Path) -> None:
 # -- settings ------------------------------------------------------------------------------------
 
 
-def llm_schema_section() -> dict[str, Any]:
+def llm_settings(**values: Any) -> LLMSettings:
+    """LLM settings from ``values`` and the schema's defaults for the other keys."""
+    return settings_from(LLMSettings, section_config("llm", values), "llm")
+
+
+def test_settings_get_the_schema_defaults() -> None:
     schema = yaml.safe_load((ROOT / "config.schema.yaml").read_text(encoding="utf-8"))
-    section: dict[str, Any] = schema["properties"]["llm"]
-    return section
-
-
-def test_dataclass_defaults_match_the_config_schema() -> None:
-    properties = llm_schema_section()["properties"]
-    defaults = LLMSettings()
+    properties = schema["properties"]["llm"]["properties"]
+    defaults = llm_settings()
     assert set(properties) == {f.name for f in dataclasses.fields(LLMSettings)}
     for name, spec in properties.items():
         expected = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
         assert getattr(defaults, name) == expected, name
 
 
-def test_from_config_on_the_validated_project_config() -> None:
+def test_settings_from_the_validated_project_config() -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     validate_config(config, ROOT / "config.schema.yaml")
 
-    settings = LLMSettings.from_config(config["llm"])
+    settings = settings_from(LLMSettings, config["llm"], "llm")
 
     assert settings.backend == config["llm"]["backend"]
     assert settings.seed_cache_dirs == tuple(config["llm"]["seed_cache_dirs"])
     assert settings.cache_dirs() == (settings.cache_dir, *settings.seed_cache_dirs)
-    assert LLMSettings.from_config({}) == LLMSettings()
-    assert LLMSettings.from_config(None) == LLMSettings()
+    with pytest.raises(ConfigError, match="llm: missing key 'backend'"):
+        settings_from(LLMSettings, {}, "llm")
 
 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
         ({"modle": "x"}, "unknown key 'llm.modle'"),
-        ({"backend": "openai"}, "llm.backend: 'openai' is not one of anthropic, llama_cpp"),
+        ({"backend": "openai"}, "llm.backend: 'openai' is not one of ['anthropic', 'llama_cpp']"),
         ({"backend": "llama_cpp"}, "llm.backend is llama_cpp but llm.gguf is not set"),
         ({"backend": "llama_cpp", "gguf": "bundled:gpt-5"}, "unknown bundled model 'gpt-5'"),
-        ({"max_reasks": -1}, "must be >= 0"),
+        ({"max_reasks": -1}, "llm.max_reasks: -1 is less than the minimum of 0"),
+        ({"n_ctx": 1}, "llm.n_ctx: 1 is less than the minimum of 512"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        LLMSettings.from_config(section).request_model  # noqa: B018
+        llm_settings(**section).request_model  # noqa: B018
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_bundled_gguf_resolves_to_the_packaged_file() -> None:
-    settings = LLMSettings.from_config({"backend": "llama_cpp", "gguf": "bundled:smollm2-135m-instruct"})
+    settings = llm_settings(backend="llama_cpp", gguf="bundled:smollm2-135m-instruct")
     assert settings.gguf_path().is_file()
     assert settings.request_model == "gguf:SmolLM2-135M-Instruct.Q4_1.gguf"
 

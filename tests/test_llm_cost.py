@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import validate_config
+from tubetune.config import settings_from, validate_config
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.generate.chunk import chunk
 from tubetune.generate.prompts import load_prompt
@@ -18,11 +18,11 @@ from tubetune.generate.questions import PLACEHOLDERS, QuestionSettings, extracti
 from tubetune.jsonio import write_json
 from tubetune.llm.cache import CachedResponse, ResponseCache
 from tubetune.llm.cost import Price, count_tokens, dollars, price_for, price_table, request_tokens
-from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate_step
-from tubetune.llm.ledger import ledger_step, ledger_total
+from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate
+from tubetune.llm.ledger import ledger_total, llm_ledger
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
-from tubetune.source import fetch_transcript_step, list_videos_step
+from tubetune.source import fetch_transcript, list_videos
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
@@ -39,6 +39,11 @@ def project_config() -> dict[str, Any]:
     return config
 
 
+def question_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The questions section without its prompt, as rules/generate.smk passes it."""
+    return {k: v for k, v in config["questions"].items() if k != "prompt"}
+
+
 def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,14 +57,14 @@ def make_chunks(tmp_path: Path, config: dict[str, Any], names: list[str] | None 
     source.update(
         listing=str(ROOT / source["listing"]), transcripts_dir=str(ROOT / source["transcripts_dir"])
     )
-    listing = list_videos_step(source, tmp_path / "selected.json", tmp_path / "filtered.tsv")
+    listing = list_videos(source, tmp_path / "selected.json", tmp_path / "filtered.tsv")
     paths = []
     for video in listing.videos:
         if names is not None and video.id not in names:
             continue
         transcript = tmp_path / "transcripts" / f"{video.id}.json"
         local = SAMPLE / "transcripts" / f"{video.id}.json"
-        fetch_transcript_step(video.model_dump(mode="json"), source, local, transcript)
+        fetch_transcript(video.model_dump(mode="json"), source, local, transcript)
         out = tmp_path / "chunks" / f"{video.id}.jsonl"
         chunk(transcript, out, tmp_path / "chunks" / f"{video.id}.status.json", config["chunk"])
         paths.append(out)
@@ -68,12 +73,12 @@ def make_chunks(tmp_path: Path, config: dict[str, Any], names: list[str] | None 
 
 
 def run_estimate(tmp_path: Path, config: dict[str, Any], chunk_paths: list[Path]) -> dict[str, Any]:
-    result = estimate_step(
+    result = estimate(
         chunk_paths,
         config["questions"]["prompt"],
         config["answers"]["prompt"],
         config["llm"],
-        {k: v for k, v in config["questions"].items() if k != "prompt"},
+        question_section(config),
         tmp_path / "estimate.json",
         tmp_path / "estimate.md",
     )
@@ -179,8 +184,8 @@ def test_ledger_rows_and_total_are_the_sums_of_the_records(tmp_path: Path) -> No
         record(mode="batch", job="batch/questions", batches=2, reasks=0),
         record(backend="llama_cpp", model="gguf:m.gguf", **{"pass": "answers"}),
     ]
-    config = {"prices": project_config()["llm"]["prices"]}
-    ledger = ledger_step(write_records(tmp_path, records), config, tmp_path / "l.json", tmp_path / "l.md")
+    prices = project_config()["llm"]["prices"]
+    ledger = llm_ledger(write_records(tmp_path, records), prices, tmp_path / "l.json", tmp_path / "l.md")
     assert [(r["pass"], r["mode"], r["jobs"]) for r in ledger["rows"]] == [
         ("questions", "online", 2),
         ("answers", "online", 2),
@@ -235,8 +240,8 @@ def test_a_model_without_a_price_makes_dollars_unknown_not_zero(tmp_path: Path) 
             ),
         ),
     ]
-    config = {"prices": {"claude-sonnet-4-6": vars(SONNET)}}
-    ledger = ledger_step(write_records(tmp_path, records), config, tmp_path / "l.json", tmp_path / "l.md")
+    prices = {"claude-sonnet-4-6": vars(SONNET)}
+    ledger = llm_ledger(write_records(tmp_path, records), prices, tmp_path / "l.json", tmp_path / "l.md")
     assert ledger["rows"][0]["dollars"] is None and ledger["total"]["dollars"] is None
     assert ledger["unpriced_models"] == ["claude-future-7"]  # no tokens, nothing billed: not unknown
     assert json.loads((tmp_path / "l.json").read_text())["total"]["dollars"] is None
@@ -250,10 +255,10 @@ def test_a_model_without_a_price_makes_dollars_unknown_not_zero(tmp_path: Path) 
 def test_bad_usage_record_names_the_file_and_field(tmp_path: Path) -> None:
     [path] = write_records(tmp_path, [record(calls="many")])
     with pytest.raises(InputFileError, match=f"^{path}: usage record field 'calls': "):
-        ledger_step([path], {}, tmp_path / "l.json", tmp_path / "l.md")
+        llm_ledger([path], {}, tmp_path / "l.json", tmp_path / "l.md")
     [path] = write_records(tmp_path, [{k: v for k, v in record().items() if k != "pass"}])
     with pytest.raises(InputFileError, match="usage record field 'pass': Field required"):
-        ledger_step([path], {}, tmp_path / "l.json", tmp_path / "l.md")
+        llm_ledger([path], {}, tmp_path / "l.json", tmp_path / "l.md")
 
 
 # ------------------------------------------------------------------------------------------ estimate
@@ -292,7 +297,7 @@ def test_estimate_with_an_empty_cache_projects_every_request(tmp_path: Path, off
     assert questions["misses"] == questions["requests"] == n_chunks and questions["hits"] == 0
     assert answers["misses"] == answers["projected"] == n_chunks
     assert questions["input_tokens"] > 0 and answers["input_tokens"] > questions["input_tokens"]
-    settings = QuestionSettings.from_config(config["questions"])
+    settings = settings_from(QuestionSettings, question_section(config), "questions")
     asked = sum(settings.count_for(c.n_tokens) for c in load_chunks(chunk_paths[0]))
     assert questions["expected_output_tokens"] == round(
         asked * DEFAULT_OUTPUT_TOKENS_PER_QUESTION["questions"]
@@ -317,9 +322,9 @@ def test_estimate_calibrates_on_real_api_replies(tmp_path: Path, offline: None) 
     chunk_paths = make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"])
     uncalibrated = run_estimate(tmp_path, config, chunk_paths)["passes"]["questions"]
 
-    llm = LLMSettings.from_config(config["llm"])
+    llm = settings_from(LLMSettings, config["llm"], "llm")
     prompt = load_prompt(config["questions"]["prompt"], PLACEHOLDERS)
-    settings = QuestionSettings.from_config(config["questions"])
+    settings = settings_from(QuestionSettings, question_section(config), "questions")
     [(_, _, first), *rest] = extraction_plan(load_chunks(chunk_paths[0]), prompt, settings, llm)
     real = 2 * request_tokens(first)  # the API counted twice as many tokens as the offline count
     reply = {"questions": ["How long should the dough rest before shaping it?"] * 3}

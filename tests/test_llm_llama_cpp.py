@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from tubetune.config import section_config, settings_from
 from tubetune.llm.backends import LlamaCppBackend
 from tubetune.llm.cache import iter_entries
 from tubetune.llm.client import InvalidOutputError, LLMClient, LLMResult
@@ -30,14 +31,15 @@ TEXT = "Text: Feed the sourdough starter once a day with equal weights of flour 
 
 
 def llama_settings(cache_dir: Path, **changes: Any) -> LLMSettings:
-    settings = LLMSettings(
-        backend="llama_cpp",
-        gguf="bundled:smollm2-135m-instruct",
-        n_ctx=1024,
-        max_tokens=96,
-        max_reasks=1,
-        cache_dir=str(cache_dir),
-    )
+    values = {
+        "backend": "llama_cpp",
+        "gguf": "bundled:smollm2-135m-instruct",
+        "n_ctx": 1024,
+        "max_tokens": 96,
+        "max_reasks": 1,
+        "cache_dir": str(cache_dir),
+    }
+    settings = settings_from(LLMSettings, section_config("llm", values), "llm")
     return dataclasses.replace(settings, **changes)
 
 

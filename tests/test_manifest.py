@@ -18,6 +18,7 @@ from tubetune.config import validate_config
 from tubetune.errors import InputFileError
 from tubetune.train.manifest import (
     PACKAGES,
+    RunFiles,
     build_manifest,
     check_reproduce_config,
     data_sha256,
@@ -167,23 +168,23 @@ def fake_run_files(tmp_path: Path) -> dict[str, Any]:
     base.mkdir(parents=True)
     (base / "config.json").write_text("{}")
     (base / "model.safetensors").write_bytes(b"\0" * 1000)
-    return {"run_dir": run, "summary": run / "summary.json", "metrics": run / "metrics.jsonl",
-            "adapters": {"adapters": adapters["adapters.safetensors"],
-                         "adapter_config": adapters["adapter_config.json"],
-                         "last": adapters["last.safetensors"]},
-            "dataset": dataset, "base_model": base}
+    return {"run_dir": run, "files": RunFiles(
+        summary=run / "summary.json", metrics=run / "metrics.jsonl",
+        adapters={"adapters": adapters["adapters.safetensors"],
+                  "adapter_config": adapters["adapter_config.json"], "last": adapters["last.safetensors"]},
+        dataset=dataset, base_model=base,
+    )}
 
 
 def test_write_manifest_records_everything(tmp_path: Path) -> None:
-    files = fake_run_files(tmp_path)
+    run = fake_run_files(tmp_path)
+    files: RunFiles = run["files"]
     config = resolved_config(profile="tiny-test")
     settings = dict(config["train"])
-    manifest_path, config_path = files["run_dir"] / "manifest.json", files["run_dir"] / "config.yaml"
-    manifest = write_manifest(
-        manifest_path, config_path, run="default", summary=files["summary"], metrics=files["metrics"],
-        adapters=files["adapters"], dataset=files["dataset"], base_model=files["base_model"],
-        config=config, train_settings=settings, workflow_dir=ROOT,
-    )
+    manifest_path, config_path = run["run_dir"] / "manifest.json", run["run_dir"] / "config.yaml"
+    manifest = build_manifest(run="default", files=files, config=config, train_settings=settings,
+                              workflow_dir=ROOT)
+    write_manifest(manifest_path, config_path, manifest)
     assert json.loads(manifest_path.read_text()) == manifest
     assert manifest["schema_version"] == 1 and manifest["run"] == "default"
     assert manifest["config"] == config and manifest["config_sha256"] == data_sha256(config)
@@ -201,9 +202,9 @@ def test_write_manifest_records_everything(tmp_path: Path) -> None:
     assert set(manifest["git"]) >= {"commit", "dirty", "reason"}
     dataset = manifest["files"]["dataset"]
     assert set(dataset) == {"train", "valid", "test", "stats"}
-    assert dataset["valid"]["sha256"] == sha256(files["dataset"]["valid"])
+    assert dataset["valid"]["sha256"] == sha256(files.dataset["valid"])
     assert set(manifest["files"]["base_model"]["files"]) == {"config.json", "model.safetensors"}
-    assert manifest["files"]["adapters"]["adapters"]["sha256"] == sha256(files["adapters"]["adapters"])
+    assert manifest["files"]["adapters"]["adapters"]["sha256"] == sha256(files.adapters["adapters"])
     assert manifest["results"]["best_val_loss"] == 2.5 and manifest["results"]["best_iteration"] == 4
     assert manifest["results"]["val_losses"] == [
         {"iteration": 0, "val_loss": 3.0},
@@ -217,29 +218,26 @@ def test_write_manifest_records_everything(tmp_path: Path) -> None:
 
 
 def test_input_problems_name_each_changed_missing_or_new_file(tmp_path: Path) -> None:
-    files = fake_run_files(tmp_path)
+    files: RunFiles = fake_run_files(tmp_path)["files"]
     config = resolved_config(profile="tiny-test")
-    manifest = build_manifest(
-        run="default", summary=files["summary"], metrics=files["metrics"], adapters=files["adapters"],
-        dataset=files["dataset"], base_model=files["base_model"], config=config,
-        train_settings=config["train"], workflow_dir=ROOT,
-    )
+    manifest = build_manifest(run="default", files=files, config=config, train_settings=config["train"],
+                              workflow_dir=ROOT)
     assert input_problems(manifest) == []
-    files["dataset"]["valid"].write_text(files["dataset"]["valid"].read_text().replace("valid", "VALID"))
-    (files["base_model"] / "config.json").unlink()
-    (files["base_model"] / "extra.txt").write_text("x")
+    files.dataset["valid"].write_text(files.dataset["valid"].read_text().replace("valid", "VALID"))
+    (files.base_model / "config.json").unlink()
+    (files.base_model / "extra.txt").write_text("x")
     problems = input_problems(manifest)
     assert problems == [
-        f"{files['dataset']['valid']}: dataset file (valid) changed since the run (SHA-256 differs)",
-        f"{files['base_model'] / 'config.json'}: base model file is missing",
-        f"{files['base_model'] / 'extra.txt'}: base model file is new since the run",
+        f"{files.dataset['valid']}: dataset file (valid) changed since the run (SHA-256 differs)",
+        f"{files.base_model / 'config.json'}: base model file is missing",
+        f"{files.base_model / 'extra.txt'}: base model file is new since the run",
     ]
     # relative paths are taken from the root directory given
     relative = copy.deepcopy(manifest)
     relative["files"]["dataset"] = {"train": dict(manifest["files"]["dataset"]["train"], path="train.jsonl")}
     relative["files"]["base_model"]["path"] = "nowhere"
-    problems = input_problems(relative, root=files["dataset"]["train"].parent)
-    assert problems == [f"{files['dataset']['train'].parent / 'nowhere'}: base model directory is missing"]
+    problems = input_problems(relative, root=files.dataset["train"].parent)
+    assert problems == [f"{files.dataset['train'].parent / 'nowhere'}: base model directory is missing"]
 
 
 def test_compare_losses_by_iteration() -> None:
@@ -263,7 +261,10 @@ def test_compare_losses_by_iteration() -> None:
 def tiny_run(base_model_dir: Path, chat_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Any]:
     """A real tiny-test LoRA run (6 iterations, val every 2) and its manifest."""
-    from tubetune.train.runner import TrainOutputs, run_training
+    from tubetune.config import settings_from
+    from tubetune.train.manifest import manifest
+    from tubetune.train.reproduce import run_layout
+    from tubetune.train.runner import run_training
     from tubetune.train.settings import TrainSettings
 
     root = tmp_path_factory.mktemp("manifest_run")
@@ -272,20 +273,18 @@ def tiny_run(base_model_dir: Path, chat_dataset_dir: Path, tmp_path_factory: pyt
     (data / "stats.json").write_text("{}")
     config = resolved_config(profile="tiny-test", seed=5)
     run_dir = root / "train" / "default"
-    settings = TrainSettings.from_config(config["train"])
-    run_training(data / "train.jsonl", data / "valid.jsonl", base_model_dir, TrainOutputs.in_dir(run_dir),
-                 settings, blas_threads=2)
-    adapters = run_dir / "adapters"
-    manifest = write_manifest(
-        run_dir / "manifest.json", run_dir / "config.yaml", run="default", summary=run_dir / "summary.json",
-        metrics=run_dir / "metrics.jsonl",
-        adapters={"adapters": adapters / "adapters.safetensors",
-                  "adapter_config": adapters / "adapter_config.json", "last": adapters / "last.safetensors"},
-        dataset={name: data / f"{name}.jsonl" for name in ("train", "valid", "test")} | {
-            "stats": data / "stats.json"},
-        base_model=base_model_dir, config=config, train_settings=config["train"], workflow_dir=ROOT,
+    settings = settings_from(TrainSettings, config["train"], "train")
+    outputs = run_layout(run_dir)
+    run_training(data / "train.jsonl", data / "valid.jsonl", base_model_dir, outputs, settings,
+                 blas_threads=2)
+    written = manifest(  # the rule's entry, with its inputs, outputs and params
+        summary=outputs.summary, metrics=outputs.metrics, adapters=outputs.adapters,
+        adapter_config=outputs.adapter_config, last=outputs.last, train=data / "train.jsonl",
+        valid=data / "valid.jsonl", test=data / "test.jsonl", stats=data / "stats.json", base=base_model_dir,
+        manifest_json=run_dir / "manifest.json", config_yaml=run_dir / "config.yaml", run="default",
+        train_settings=config["train"], config=config, workflow_dir=ROOT,
     )
-    return {"root": root, "data": data, "run_dir": run_dir, "manifest": manifest}
+    return {"root": root, "data": data, "run_dir": run_dir, "manifest": written}
 
 
 @pytest.mark.slow

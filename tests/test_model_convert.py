@@ -12,12 +12,14 @@ import gguf
 import numpy as np
 import pytest
 
+from tubetune.config import section_config, settings_from
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.model.base import (
     NEAR_TIE_NATS,
+    BaseModelSettings,
     BaseSource,
     PromptCheck,
-    base_model_step,
+    base_model,
     hub_id_of,
     judge_parity,
     prepare_base_model,
@@ -254,6 +256,16 @@ def test_resolve_base_rejects_incomplete_dirs_and_files(tmp_path: Path) -> None:
         resolve_base(str(tmp_path / "weights.bin"))
 
 
+def test_model_settings_are_the_schema_section() -> None:
+    settings = settings_from(BaseModelSettings, section_config("model"), "model")
+    assert (settings.base, settings.dtype, settings.keep_quantized, settings.check_tokens) == (
+        SMOLLM2, "auto", False, 12
+    )
+    assert len(settings.check_prompts) == 3 and isinstance(settings.check_prompts, tuple)
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.dtyp'"):
+        settings_from(BaseModelSettings, {**section_config("model"), "dtyp": "auto"}, "model")
+
+
 def test_local_dir_base_is_linked_and_cast_without_touching_the_source(
     base_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -262,7 +274,8 @@ def test_local_dir_base_is_linked_and_cast_without_touching_the_source(
     source_file = base_model_dir / "model.safetensors"
     before = (source_file.stat().st_size, source_file.stat().st_mtime_ns)
     out = tmp_path / "base"
-    summary = prepare_base_model(resolve_base(str(base_model_dir)), out, dtype="float16")
+    source = resolve_base(str(base_model_dir))
+    summary = prepare_base_model(source, out, dtype="float16", keep_quantized=False, revision=None)
     assert summary["source"]["kind"] == "dir"
     weights = mx.load(str(out / "model.safetensors"))
     assert isinstance(weights, dict)
@@ -272,7 +285,8 @@ def test_local_dir_base_is_linked_and_cast_without_touching_the_source(
     assert json.loads((base_model_dir / "config.json").read_text())["torch_dtype"] == "float32"
 
     linked = tmp_path / "linked"
-    prepare_base_model(resolve_base(str(base_model_dir)), linked, dtype="auto")
+    prepare_base_model(resolve_base(str(base_model_dir)), linked, dtype="auto", keep_quantized=False,
+                       revision=None)
     assert os.path.samefile(linked / "model.safetensors", source_file) or (
         (linked / "model.safetensors").read_bytes() == source_file.read_bytes()
     )
@@ -285,7 +299,7 @@ def test_hub_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     source = BaseSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", label="hub")
     with pytest.raises(ConfigError, match="cannot download HuggingFaceTB/SmolLM2-135M-Instruct") as info:
-        prepare_base_model(source, tmp_path / "base")
+        prepare_base_model(source, tmp_path / "base", dtype="auto", keep_quantized=False, revision=None)
     assert "\n" not in str(info.value)
 
 
@@ -314,21 +328,11 @@ def test_judge_parity_rules() -> None:
 
 
 @pytest.mark.slow
-def test_base_model_step_matches_llama_cpp_greedy(bundled_gguf: Path, tmp_path: Path) -> None:
+def test_base_model_rule_matches_llama_cpp_greedy(bundled_gguf: Path, tmp_path: Path) -> None:
     """The rule's own check: converted model (MLX) greedy tokens == llama.cpp on the original GGUF."""
-    settings = {
-        "base": SMOLLM2,
-        "dtype": "auto",
-        "keep_quantized": False,
-        "revision": None,
-        "check_prompts": [
-            "What is sourdough bread?",
-            "Give me three tips for baking bread at home.",
-            "Explain what a starter is in one sentence.",
-        ],
-        "check_tokens": 16,
-    }
-    report = base_model_step(settings, tmp_path / "base", tmp_path / "base_check.json")
+    settings = section_config("model", {"base": SMOLLM2, "check_tokens": 16})
+    assert len(settings["check_prompts"]) == 3
+    report = base_model(settings, tmp_path / "base", tmp_path / "base_check.json")
     written = json.loads((tmp_path / "base_check.json").read_text())
     assert written == json.loads(json.dumps(report))
     assert written["status"] == "ok", written["reasons"]

@@ -23,9 +23,10 @@ from tubetune.export.gguf import (
     detect_tokenizer_pre,
     export_gguf,
     llama3_rope_factors,
+    write_gguf,
 )
 from tubetune.export.hf import export_hf, iter_float_weights
-from tubetune.export.modelfile import CHATML, chat_format, render_modelfile, write_modelfile
+from tubetune.export.modelfile import CHATML, chat_format, modelfile, render_modelfile
 from tubetune.model.gguf_convert import convert_gguf
 
 QTYPES = ("f16", "q8_0", "q4_0")
@@ -71,7 +72,11 @@ def greedy_llama_cpp(path: Path, prompt: str, max_tokens: int) -> tuple[list[int
 @pytest.fixture(scope="module")
 def exports(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, GGUFExportResult]:
     folder = tmp_path_factory.mktemp("gguf")
-    return {q: export_gguf(base_model_dir, folder / f"base-{q}.gguf", q, name="test") for q in QTYPES}
+    return {
+        q: export_gguf(base_model_dir, folder / f"base-{q}.gguf", variant="base", qtype=q, tokenizer_pre=None,
+                       base="bundled:smollm2-135m-instruct")
+        for q in QTYPES
+    }
 
 
 # -------------------------------------------------------------------------------------------- GGUF
@@ -107,6 +112,7 @@ def test_gguf_metadata_is_what_llama_cpp_needs(
         token_type = reader.get_field("tokenizer.ggml.token_type")
         assert token_type is not None
         assert token_type.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+        assert field_value(result.path, "general.name") == "SmolLM2-135M-Instruct tubetune base"
         assert field_value(result.path, "general.file_type") == {
             "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
@@ -176,7 +182,7 @@ def test_a_dir_saved_like_mlx_lm_fuse_exports_the_same_gguf_metadata(
 
     model, tokenizer, config = load(str(base_model_dir), return_config=True)  # type: ignore[misc]
     save(tmp_path / "fused", str(base_model_dir), model, tokenizer, config, donate_model=False)
-    result = export_gguf(tmp_path / "fused", tmp_path / "tuned-q8_0.gguf", "q8_0")
+    result = write_gguf(tmp_path / "fused", tmp_path / "t.gguf", "q8_0", tokenizer_pre=None, name="t")
     assert metadata(result.path) == metadata(exports["q8_0"].path)
     assert field_value(result.path, "tokenizer.ggml.add_bos_token") is False
     assert field_value(result.path, "tokenizer.ggml.add_eos_token") is False
@@ -201,14 +207,14 @@ def test_f16_gguf_generates_like_the_original(
 
 def test_bad_qtype_and_model_type_are_one_line_errors(base_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="q2_k"):
-        export_gguf(base_model_dir, tmp_path / "x.gguf", "q2_k")
+        write_gguf(base_model_dir, tmp_path / "x.gguf", "q2_k", tokenizer_pre=None, name="x")
     other = tmp_path / "qwen"
     shutil.copytree(base_model_dir, other, ignore=shutil.ignore_patterns("*.safetensors"))
     config = json.loads((other / "config.json").read_text())
     config["model_type"] = "qwen2"
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(TubetuneError, match="model_type is 'qwen2'"):
-        export_gguf(other, tmp_path / "x.gguf", "f16")
+        write_gguf(other, tmp_path / "x.gguf", "f16", tokenizer_pre=None, name="x")
     assert not (tmp_path / "x.gguf").exists()
 
 
@@ -295,7 +301,7 @@ def test_llama3_style_gguf_metadata(llama3_dir: Path, tmp_path: Path) -> None:
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    result = export_gguf(llama3_dir, tmp_path / "l3.gguf", "q8_0")
+    result = write_gguf(llama3_dir, tmp_path / "l3.gguf", "q8_0", tokenizer_pre=None, name="l3")
     assert result.tokenizer_pre == "llama-bpe"
     assert field_value(result.path, "tokenizer.ggml.pre") == "llama-bpe"
     assert field_value(result.path, "tokenizer.ggml.add_bos_token") is True
@@ -321,7 +327,7 @@ def test_llama3_style_gguf_matches_mlx_in_llama_cpp(llama3_dir: Path, tmp_path: 
     from mlx_lm.utils import load
     from tokenizers import Tokenizer
 
-    path = export_gguf(llama3_dir, tmp_path / "l3.gguf", "f16").path
+    path = write_gguf(llama3_dir, tmp_path / "l3.gguf", "f16", tokenizer_pre=None, name="l3").path
     tokenizer = Tokenizer.from_file(str(llama3_dir / "tokenizer.json"))
     llm = Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
     for text in ("How long is bulk fermentation?", "Feed it 1:5:5 at 26 degrees, twice.\n\nThen bake!"):
@@ -372,8 +378,8 @@ def hf_export_dir(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("hf")
     (folder / "stats.json").write_text(json.dumps(STATS))
     (folder / "summary.json").write_text(json.dumps(SUMMARY))
-    export_hf(base_model_dir, folder / "hf", "float16", folder / "stats.json", folder / "summary.json",
-              base="HuggingFaceTB/SmolLM2-135M-Instruct", channel="@crumblab")
+    export_hf(base_model_dir, folder / "stats.json", folder / "summary.json", folder / "hf", dtype="float16",
+              base="HuggingFaceTB/SmolLM2-135M-Instruct", channel="@crumblab", run=None)
     return folder / "hf"
 
 
@@ -514,7 +520,8 @@ def test_modelfile_for_the_tuned_gguf(exports: dict[str, GGUFExportResult], tmp_
     shutil.copy2(exports["q8_0"].path, gguf_path)
     (tmp_path / "stats.json").write_text(json.dumps(STATS))
     parameters = {"temperature": 0.7, "top_p": 0.9, "repeat_penalty": 1.1, "num_ctx": 2048}
-    text = write_modelfile(tmp_path / "Modelfile", gguf_path, tmp_path / "stats.json", None, parameters)
+    text = modelfile(gguf_path, tmp_path / "stats.json", tmp_path / "Modelfile", system=None,
+                     parameters=parameters)
     assert (tmp_path / "Modelfile").read_text() == text
     lines = text.splitlines()
     assert "FROM ./tuned-q8_0.gguf" in lines
@@ -522,7 +529,8 @@ def test_modelfile_for_the_tuned_gguf(exports: dict[str, GGUFExportResult], tmp_
     assert "PARAMETER temperature 0.7" in lines and "PARAMETER num_ctx 2048" in lines
     assert f'SYSTEM """{STATS["system_prompt"]}"""' in lines
     assert f'TEMPLATE """{CHATML.template}"""' in text
-    override = write_modelfile(tmp_path / "Modelfile", gguf_path, tmp_path / "stats.json", "Custom.", {})
+    override = modelfile(gguf_path, tmp_path / "stats.json", tmp_path / "Modelfile", system="Custom.",
+                         parameters={})
     assert 'SYSTEM """Custom."""' in override
 
 
@@ -534,7 +542,8 @@ def test_modelfile_errors_and_unknown_templates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='must not contain """'):
         render_modelfile("m.gguf", CHATML, 'say """hi"""', {})
     with pytest.raises(ConfigError, match="next to"):
-        write_modelfile(tmp_path / "a" / "Modelfile", tmp_path / "m.gguf", None, None, {})
+        modelfile(tmp_path / "m.gguf", tmp_path / "stats.json", tmp_path / "a" / "Modelfile", system=None,
+                  parameters={})
     cutoff = chat_format('{{- "Cutting Knowledge Date: December 2023\\n" }}<|start_header_id|><|eot_id|>')
     assert cutoff is not None and "Cutting Knowledge Date: December 2023\n\n" in cutoff.template
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tubetune.errors import InputFileError
+from tubetune.config import section_config, settings_from
+from tubetune.errors import ConfigError, InputFileError
 from tubetune.generate.chunk import Chunk
 from tubetune.generate.prompts import load_prompt
 from tubetune.generate.questions import QuestionSettings, validate_questions
@@ -14,8 +15,27 @@ SETTINGS = {"per_1k_tokens": 7, "min_per_chunk": 2, "max_per_chunk": 8, "min_cha
 
 
 def test_question_count_scales_with_chunk_length() -> None:
-    settings = QuestionSettings.from_config(SETTINGS)
+    settings = settings_from(QuestionSettings, SETTINGS, "questions")
     assert [settings.count_for(n) for n in (50, 300, 570, 1000, 5000)] == [2, 2, 4, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"min_per_chunk": 9, "max_per_chunk": 8},
+            r"questions.min_per_chunk \(9\) is above questions.max_per_chunk \(8\)",
+        ),
+        (
+            {"min_chars": 40, "max_chars": 30},
+            r"questions.min_chars \(40\) is above questions.max_chars \(30\)",
+        ),
+    ],
+)
+def test_crossed_question_bounds_are_one_line_config_errors(values: dict[str, int], message: str) -> None:
+    section = {key: value for key, value in section_config("questions", values).items() if key != "prompt"}
+    with pytest.raises(ConfigError, match=message):
+        settings_from(QuestionSettings, section, "questions")
 
 
 def test_validation_quarantines_with_reasons(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Rerun guarantees, pinned on the jobs and reasons of the real Snakemake (issue 4).
+"""Rerun guarantees, pinned on the jobs and reasons of the real Snakemake.
 
 - a ``train.*`` change reruns training and what follows, with zero LLM calls;
 - a dataset filter change reruns the dataset and what follows, nothing upstream;
@@ -6,6 +6,9 @@
 - a prompt edit reruns its LLM step, and only the requests that changed miss the cache
   (proved for real against the fake Anthropic server: every request it gets is a miss);
 - an edit to one transcript sends only that chunk's requests to the API.
+
+Each half starts from a copy of the test session's finished tiny ``all`` run (``tiny_all_run`` in
+tests/conftest.py), not from a run of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from fake_anthropic import FakeAnthropic, RecordedRequest, Reply, ok
-from workflow import Run, copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, run_jobs, snakemake
+from workflow import Run, copy_run, dry_run_jobs, dry_run_reasons, edit_config, run_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +49,11 @@ def ok_run(run: Run) -> Run:
 
 
 @pytest.fixture(scope="module")
-def dataset_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The sample channel built up to the `dataset` target once (cache-only, no API key)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("rerun"))
-    ok_run(snakemake(workdir, "dataset"))
+def dataset_run(tiny_all_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The sample channel built (cache-only, no API key): a copy of the finished run, which the tests
+    of this half change one after the other."""
+    workdir = copy_run(tiny_all_run, tmp_path_factory.mktemp("rerun") / "wf")
+    assert "Nothing to be done" in ok_run(snakemake(workdir, "-n", "dataset")).output
     yield workdir
 
 
@@ -70,7 +74,7 @@ def test_dataset_filter_change_reruns_only_the_dataset(dataset_run: Path) -> Non
 
 
 def test_dataset_code_change_reruns_the_dataset(dataset_run: Path) -> None:
-    module = dataset_run / "scripts" / "tubetune" / "dataset.py"
+    module = dataset_run / "scripts" / "tubetune" / "dataset" / "build.py"
     original = module.read_text(encoding="utf-8")
     module.write_text(original + "\n# an edit to the dataset code\n", encoding="utf-8")
     try:
@@ -235,11 +239,9 @@ def test_transcript_edit_misses_only_the_changed_chunk(
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The sample channel trained with the tiny-test profile, up to the `train` target."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("rerun_train"))
-    edit_config(workdir, train={"profile": "tiny-test"})
-    ok_run(snakemake(workdir, "train"))
+def trained_run(tiny_all_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The sample channel trained with the tiny-test profile: a copy of the finished run."""
+    workdir = copy_run(tiny_all_run, tmp_path_factory.mktemp("rerun_train") / "wf")
     yield workdir
 
 
@@ -272,3 +274,20 @@ def test_train_change_reruns_training_with_zero_llm_calls(trained_run: Path) -> 
     summaries = list((trained_run / "results" / "train").rglob("summary.json"))
     assert summaries
     assert all(json.loads(p.read_text())["settings"]["learning_rate"] == 5.0e-4 for p in summaries)
+
+
+def test_code_edits_rerun_the_rules_that_import_the_module_and_no_other(tiny_all_copy: Path) -> None:
+    """Code versions follow imports: train/memory.py is imported by train/runner.py, not by train.py;
+    tubetune.errors is left out (editing a message retrains nothing)."""
+    package = tiny_all_copy / "scripts" / "tubetune"
+    memory = package / "train" / "memory.py"
+    original = memory.read_text(encoding="utf-8")
+    memory.write_text(original + "\n# an edit to the memory estimate\n", encoding="utf-8")
+    jobs = dry_run_jobs(ok_run(snakemake(tiny_all_copy, "-n", "all")))
+    assert jobs.get("train_run") == 1 and "build_dataset" not in jobs and "base_model" not in jobs, jobs
+    memory.write_text(original, encoding="utf-8")
+    assert "Nothing to be done" in ok_run(snakemake(tiny_all_copy, "-n", "all")).output
+
+    errors = package / "errors.py"
+    errors.write_text(errors.read_text(encoding="utf-8") + "\n# a reworded message\n", encoding="utf-8")
+    assert "Nothing to be done" in ok_run(snakemake(tiny_all_copy, "-n", "all")).output

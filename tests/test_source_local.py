@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from tubetune.config import section_config
 from tubetune.errors import ConfigError, InputFileError
-from tubetune.source import fetch_transcript_step, list_videos_step
+from tubetune.source import fetch_transcript, list_videos
 from tubetune.source.listing import select_videos
 from tubetune.source.local import (
     TranscriptFileError,
@@ -19,7 +20,7 @@ from tubetune.source.local import (
     read_transcript_file,
     scan_transcripts_dir,
 )
-from tubetune.source.models import SourceSettings, Video, watch_url
+from tubetune.source.models import ListSettings, Video, source_settings, watch_url
 
 FIXTURES = Path(__file__).parent / "fixtures" / "local"
 LISTING = Path(__file__).parent / "fixtures" / "youtube" / "channel_flat.json"
@@ -129,7 +130,7 @@ def test_fetch_step_writes_an_ok_record(tmp_path: Path, fixture: str) -> None:
     source = tmp_path / f"Lo1Json0001{Path(fixture).suffix}"
     shutil.copy(FIXTURES / fixture, source)
     out = tmp_path / "results" / "Lo1Json0001.json"
-    fetch_transcript_step(video().model_dump(), {"type": "local"}, str(source), out)
+    fetch_transcript(video().model_dump(), section_config("source", {"type": "local"}), str(source), out)
     record = json.loads(out.read_text(encoding="utf-8"))
     assert set(record) == {"video_id", "title", "url", "duration", "status", "reason", "language", "kind",
                            "snippets"}
@@ -142,7 +143,8 @@ def test_fetch_step_records_a_bad_file_as_skipped(tmp_path: Path) -> None:
     source = tmp_path / "Lo1Json0001.txt"
     shutil.copy(FIXTURES / "latin1.txt", source)
     out = tmp_path / "Lo1Json0001.json"
-    record = fetch_transcript_step(video().model_dump(), {"type": "local"}, str(source), out)
+    source_section = section_config("source", {"type": "local"})
+    record = fetch_transcript(video().model_dump(), source_section, str(source), out)
     assert record.status == "skipped"
     written = json.loads(out.read_text(encoding="utf-8"))
     assert written["status"] == "skipped" and written["snippets"] == []
@@ -166,8 +168,9 @@ def make_folder(tmp_path: Path, files: dict[str, str]) -> Path:
     return folder
 
 
-def local(folder: Path, **extra: Any) -> SourceSettings:
-    return SourceSettings.from_mapping({"type": "local", "transcripts_dir": str(folder), **extra})
+def local(folder: Path, **extra: Any) -> ListSettings:
+    section = section_config("source", {"type": "local", "transcripts_dir": str(folder), **extra})
+    return source_settings(ListSettings, section)
 
 
 def test_folder_without_listing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -188,8 +191,8 @@ def test_folder_without_listing(tmp_path: Path, caplog: pytest.LogCaptureFixture
         "Vid0000000C": "Vid0000000C.txt", "Vid0000000D": "Vid0000000D.vtt"}
     selected, filtered = tmp_path / "selected.json", tmp_path / "filtered.tsv"
     with caplog.at_level(logging.INFO):
-        list_videos_step({"type": "local", "transcripts_dir": str(folder), "channel": "@crumblab"},
-                         selected, filtered)
+        source = {"type": "local", "transcripts_dir": str(folder), "channel": "@crumblab"}
+        list_videos(section_config("source", source), selected, filtered)
     data = json.loads(selected.read_text(encoding="utf-8"))
     assert data["channel"] == {"name": "@crumblab", "id": None, "url": None}
     assert data["source"] == "local"
@@ -242,6 +245,6 @@ def test_title_regex_applies_to_local_titles(tmp_path: Path) -> None:
 
 def test_bad_folder_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"source\.transcripts_dir must be set"):
-        select_videos(SourceSettings.from_mapping({"type": "local"}))
+        select_videos(source_settings(ListSettings, section_config("source", {"type": "local"})))
     with pytest.raises(InputFileError, match="is not a folder"):
         select_videos(local(tmp_path / "missing"))

@@ -6,6 +6,7 @@ and the yt-dlp caption fallback through real yt-dlp against a caption server on 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -26,11 +27,12 @@ from urllib3 import HTTPResponse
 from yt_dlp.networking.exceptions import HTTPError as YtDlpHTTPError
 from yt_dlp.utils import ExtractorError
 
+from tubetune.config import section_config
 from tubetune.errors import ConfigError, InputFileError, TubetuneError
 from tubetune.logs import run_step
-from tubetune.source import fetch_transcript_step, list_videos_step
+from tubetune.source import fetch_transcript, list_videos
 from tubetune.source.listing import channel_url, select_videos
-from tubetune.source.models import SourceSettings, Video, watch_url
+from tubetune.source.models import FetchSettings, ListSettings, Video, source_settings, watch_url
 from tubetune.source.youtube import (
     FetchFailedError,
     YouTubeBlockedError,
@@ -74,7 +76,12 @@ def _local_getaddrinfo(real: Any) -> Any:
     return lookup
 
 
-def settings(**overrides: Any) -> SourceSettings:
+def listing_settings(**values: Any) -> ListSettings:
+    """The listing settings of a source section: ``values`` and the schema's defaults."""
+    return source_settings(ListSettings, section_config("source", values))
+
+
+def settings(**overrides: Any) -> FetchSettings:
     values: dict[str, Any] = {
         "type": "youtube",
         "languages": ["en"],
@@ -85,7 +92,7 @@ def settings(**overrides: Any) -> SourceSettings:
         "ip_block_limit": 2,
     }
     values.update(overrides)
-    return SourceSettings.from_mapping(values)
+    return source_settings(FetchSettings, section_config("source", values))
 
 
 # --------------------------------------------------------------------------- recorded YouTube
@@ -172,7 +179,7 @@ def endpoint_of(url: str) -> str:
     return f"other:{parsed.path}"
 
 
-def recorded_session(config: SourceSettings, routes: Mapping[str, list[Reply]],
+def recorded_session(config: FetchSettings, routes: Mapping[str, list[Reply]],
                      sleeps: list[float] | None = None) -> tuple[YouTubeSession, RecordedYouTube]:
     """The production session (timeout, pacing, cookies, proxy) with the recorded transport mounted."""
     session = make_session(config, sleep=(sleeps.append if sleeps is not None else _no_sleep))
@@ -197,7 +204,7 @@ def ytdlp_without_captions(ydl: yt_dlp.YoutubeDL, url: str) -> Mapping[str, Any]
     return {"id": VIDEO_ID, "title": VIDEO.title, "subtitles": {}, "automatic_captions": {}}
 
 
-def fetch(config: SourceSettings, routes: Mapping[str, list[Reply]], *, ytdlp: Any = no_ytdlp,
+def fetch(config: FetchSettings, routes: Mapping[str, list[Reply]], *, ytdlp: Any = no_ytdlp,
           ) -> tuple[Any, RecordedYouTube, list[float]]:
     sleeps: list[float] = []
     session, adapter = recorded_session(config, routes)
@@ -284,7 +291,7 @@ def test_transcripts_disabled_is_skipped_not_retried(tmp_path: Path) -> None:
     session, adapter = recorded_session(config, {
         "watch": [Reply("watch.html")], "player": [Reply("player_transcripts_disabled.json")]})
     out = tmp_path / "transcripts" / f"{VIDEO_ID}.json"
-    record = fetch_transcript_step(VIDEO.model_dump(), config.model_dump(), None, out, session=session,
+    record = fetch_transcript(VIDEO.model_dump(), dataclasses.asdict(config), None, out, session=session,
                                    sleep=_no_sleep, ytdlp_extract=ytdlp_without_captions)
     assert record.status == "skipped"
     assert record.reason == "transcripts are disabled for this video; yt-dlp: no captions in en"
@@ -371,7 +378,7 @@ def test_transient_failure_outliving_retries_fails_the_job(tmp_path: Path) -> No
     sleeps: list[float] = []
     out = tmp_path / f"{VIDEO_ID}.json"
     with pytest.raises(FetchFailedError) as failure:
-        fetch_transcript_step(VIDEO.model_dump(), config.model_dump(), None, out, session=session,
+        fetch_transcript(VIDEO.model_dump(), dataclasses.asdict(config), None, out, session=session,
                               sleep=sleeps.append, ytdlp_extract=ytdlp_without_captions)
     assert str(failure.value) == (
         f"could not fetch the transcript of {VIDEO_ID} now: youtube-transcript-api failed after 3 tries "
@@ -411,8 +418,8 @@ def test_ip_block_is_one_clear_log_line(tmp_path: Path, capsys: pytest.CaptureFi
     session, _ = recorded_session(config, {"watch": [Reply("watch_recaptcha.html")] * 2})
     log = tmp_path / "fetch.log"
     with pytest.raises(SystemExit) as exit_info:
-        run_step(log, lambda: fetch_transcript_step(
-            VIDEO.model_dump(), config.model_dump(), None, tmp_path / "out.json", session=session,
+        run_step(log, lambda: fetch_transcript(
+            VIDEO.model_dump(), dataclasses.asdict(config), None, tmp_path / "out.json", session=session,
             sleep=lambda s: None, ytdlp_extract=no_ytdlp))
     assert exit_info.value.code == 1
     errors = [line for line in log.read_text(encoding="utf-8").splitlines() if " ERROR " in line]
@@ -570,8 +577,10 @@ def test_channel_urls() -> None:
 
 def test_listing_replayed_through_ytdlp_with_default_filters(tmp_path: Path) -> None:
     selected, filtered = tmp_path / "selected.json", tmp_path / "filtered.tsv"
-    listing = list_videos_step({"type": "youtube", "channel": "@tubetunetest", "listing": str(LISTING)},
-                               selected, filtered)
+    source = section_config(
+        "source", {"type": "youtube", "channel": "@tubetunetest", "listing": str(LISTING)}
+    )
+    listing = list_videos(source, selected, filtered)
     data = json.loads(selected.read_text(encoding="utf-8"))
     assert data["source"] == "youtube"
     assert data["channel"] == {"name": "Tubetune Test Kitchen", "id": "UCtubetuneTestChanne1xyz",
@@ -594,7 +603,7 @@ def test_listing_replayed_through_ytdlp_with_default_filters(tmp_path: Path) -> 
 
 
 def reasons(**source: Any) -> tuple[list[str], dict[str, str]]:
-    config = SourceSettings.from_mapping({"type": "youtube", "listing": str(LISTING), **source})
+    config = listing_settings(type="youtube", listing=str(LISTING), **source)
     listing, filtered = select_videos(config)
     return [v.id for v in listing.videos], {row.video_id: row.reason for row in filtered}
 
@@ -631,7 +640,7 @@ def test_channel_root_listing_of_tabs_is_not_taken_for_videos(tmp_path: Path) ->
     ]})
     path = tmp_path / "root.json"
     path.write_text(json.dumps(root), encoding="utf-8")
-    listing, filtered = select_videos(SourceSettings.from_mapping({"type": "youtube", "listing": str(path)}))
+    listing, filtered = select_videos(listing_settings(type="youtube", listing=str(path)))
     assert listing.videos == []
     assert [row.reason for row in filtered] == [
         "not a video (YoutubeTab link https://www.youtube.com/@tubetunetest/videos: list a /videos tab)",
@@ -643,25 +652,29 @@ def test_bad_listing_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "listing.json"
     path.write_text('{"entries": [', encoding="utf-8")
     with pytest.raises(InputFileError, match="cannot read JSON"):
-        select_videos(SourceSettings.from_mapping({"type": "youtube", "listing": str(path)}))
+        select_videos(listing_settings(type="youtube", listing=str(path)))
     path.write_text('{"id": "Ab12Cd34Ef5", "title": "one video"}', encoding="utf-8")
     with pytest.raises(InputFileError, match="not a yt-dlp flat listing"):
-        select_videos(SourceSettings.from_mapping({"type": "youtube", "listing": str(path)}))
+        select_videos(listing_settings(type="youtube", listing=str(path)))
 
 
 def test_every_video_filtered_is_an_error(tmp_path: Path) -> None:
+    values = {"type": "youtube", "listing": str(LISTING), "title_include": "^nothing$"}
     with pytest.raises(TubetuneError, match="no video left after the filters"):
-        list_videos_step({"type": "youtube", "listing": str(LISTING), "title_include": "^nothing$"},
-                         tmp_path / "s.json", tmp_path / "f.tsv")
+        list_videos(section_config("source", values), tmp_path / "s.json", tmp_path / "f.tsv")
 
 
 def test_bad_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"source\.max_videos"):
-        SourceSettings.from_mapping({"max_videos": 0})
-    with pytest.raises(ConfigError, match=r"source\.title_exclude is not a valid regular expression"):
+        listing_settings(max_videos=0)
+    with pytest.raises(ConfigError, match=r"source\.title_exclude: '\(unclosed' is not a 'regex'"):
         reasons(title_exclude="(unclosed")
+    checked = listing_settings(type="youtube", listing=str(LISTING))
+    unchecked = dataclasses.replace(checked, title_exclude="(unclosed")
+    with pytest.raises(ConfigError, match=r"source\.title_exclude is not a valid regular expression"):
+        select_videos(unchecked)
     with pytest.raises(ConfigError, match=r"source\.channel must be set"):
-        select_videos(SourceSettings.from_mapping({"type": "youtube"}))
+        select_videos(listing_settings(type="youtube"))
 
 
 def test_both_fetchers_failing_transiently_is_one_line(caption_server: CaptionServer) -> None:

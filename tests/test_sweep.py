@@ -1,11 +1,13 @@
 """Learning-rate / rank / layer sweeps: run naming and expansion, validation, ranking, the PNG, and the
-real workflow (dry-runs on a copy; a slow run of the tiny-test profile that adds a point)."""
+real workflow (dry-runs on a copy; a slow run of the tiny-test profile that adds a point, started from
+a copy of the test session's finished tiny ``all`` run so that the dataset and base model are reused)."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from tubetune.train.compare import (
     winner_of,
 )
 from tubetune.train.sweep import format_learning_rate, run_name, sweep_points, sweep_runs
-from workflow import REPO, copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
+from workflow import REPO, copy_run, copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
 
 LLM_RULES = ("extract_questions", "answer_questions", "validate_questions")
 
@@ -290,9 +292,12 @@ def test_a_bad_sweep_point_stops_the_workflow_before_any_job(tmp_path: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``all`` with a two-point learning-rate sweep on the tiny-test profile (validated at 0 and 6 only)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("sweep"))
+def sweep_run(tiny_all_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``all`` with a two-point learning-rate sweep on the tiny-test profile (validated at 0 and 6 only),
+    run in a copy of the finished tiny run: its dataset and base model are reused, its single run
+    ``default`` is removed (no longer a target)."""
+    workdir = copy_run(tiny_all_run, tmp_path_factory.mktemp("sweep") / "wf")
+    shutil.rmtree(workdir / "results" / "train" / "default")
     edit_config(
         workdir,
         train={"profile": "tiny-test", "steps_per_eval": 6},

@@ -44,8 +44,8 @@ def test_same_loss_and_gradient_as_masked_loss(base_model_dir: Path, chat_datase
     from mlx_lm import load
     from mlx_lm.tuner.trainer import iterate_batches
 
-    from tubetune.evaluate.loss import chat_dataset, masked_loss
     from tubetune.jsonio import read_jsonl
+    from tubetune.train.loss import chat_dataset, masked_loss
     from tubetune.train.target_loss import target_loss, with_targets
 
     loaded = load(str(base_model_dir))

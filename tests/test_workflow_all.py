@@ -1,4 +1,8 @@
-"""`all` end to end through real Snakemake on a tiny config: dataset → train → fuse → exports → evaluate."""
+"""`all` end to end through real Snakemake on a tiny config: dataset → train → fuse → exports → evaluate.
+
+The run itself is the test-session fixture ``tiny_all_run`` (tests/conftest.py), shared with the sweep and
+rerun tests; the test that changes the config works on a copy of it.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,15 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
-from workflow import copy_workflow, edit_config, snakemake
+from workflow import edit_config, snakemake
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def all_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("all"))
-    edit_config(
-        workdir,
-        train={"profile": "tiny-test"},
-        export={"gguf_types": ["q8_0"]},
-        evaluate={"max_examples": 4, "max_new_tokens": 24, "n_side_by_side": 2},
-    )
-    run = snakemake(workdir, "all")
-    assert run.returncode == 0, run.output[-6000:]
-    return workdir
+@pytest.fixture
+def all_run(tiny_all_run: Path) -> Path:
+    """The finished tiny ``all`` run (read-only, dry-runs only)."""
+    return tiny_all_run
 
 
 def test_all_writes_every_artefact(all_run: Path) -> None:
@@ -92,9 +88,9 @@ def test_train_writes_the_run_manifest(all_run: Path) -> None:
     assert "Nothing to be done" in run.output
 
 
-def test_train_change_reruns_training_and_after_with_zero_llm_steps(all_run: Path) -> None:
-    edit_config(all_run, train={"learning_rate": 5.0e-4})
-    run = snakemake(all_run, "-n", "all")
+def test_train_change_reruns_training_and_after_with_zero_llm_steps(tiny_all_copy: Path) -> None:
+    edit_config(tiny_all_copy, train={"learning_rate": 5.0e-4})
+    run = snakemake(tiny_all_copy, "-n", "all")
     assert run.returncode == 0, run.output
     assert "rule extract_questions" not in run.output and "rule answer_questions" not in run.output
     for rule in ("train_run", "fuse", "export_gguf", "evaluate"):

@@ -1,26 +1,26 @@
-"""The data half through real Snakemake on a copy of the repository (sample channel, no network)."""
+"""The data half through real Snakemake on a copy of the repository (sample channel, no network).
+
+The finished run is the test session's tiny ``all`` run (``tiny_all_run`` in tests/conftest.py): its data
+half is the default config's. The config checks run no job and belong to the fast tier.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from workflow import copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def dataset_run(tiny_all_run: Path) -> Path:
+    """The finished run (read-only, dry-runs only)."""
+    return tiny_all_run
 
 
-@pytest.fixture(scope="module")
-def dataset_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
-    run = snakemake(workdir, "dataset")
-    assert run.returncode == 0, run.output[-4000:]
-    yield workdir
-
-
+@pytest.mark.slow
 def test_dataset_outputs(dataset_run: Path) -> None:
     out = dataset_run / "results" / "dataset"
     splits = {}
@@ -45,6 +45,7 @@ def test_dataset_outputs(dataset_run: Path) -> None:
     assert (out / "lengths.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_review_pages_link_timestamps(dataset_run: Path) -> None:
     page = (dataset_run / "results" / "review" / "Jk5Lz0Xc2Vb.md").read_text()
     assert page.startswith("# Baking in a Dutch Oven")
@@ -53,6 +54,7 @@ def test_review_pages_link_timestamps(dataset_run: Path) -> None:
     assert index.count("](") == 10
 
 
+@pytest.mark.slow
 def test_default_config_makes_zero_backend_calls(dataset_run: Path) -> None:
     # No ANTHROPIC_API_KEY was set: a cache miss would have failed the run. Nothing was written to the
     # writable cache either, so every response came from the sample's reference cache.
@@ -62,18 +64,17 @@ def test_default_config_makes_zero_backend_calls(dataset_run: Path) -> None:
     assert "0 backend calls" in log
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op(dataset_run: Path) -> None:
     run = snakemake(dataset_run, "-n", "dataset")
     assert run.returncode == 0, run.output
     assert "Nothing to be done" in run.output
 
 
-def test_question_count_change_reruns_only_affected_rules(dataset_run: Path, tmp_path: Path) -> None:
-    edit_config(dataset_run, questions={"per_1k_tokens": 9})
-    try:
-        run = snakemake(dataset_run, "-n", "dataset")
-    finally:
-        edit_config(dataset_run, questions={"per_1k_tokens": 7})
+@pytest.mark.slow
+def test_question_count_change_reruns_only_affected_rules(tiny_all_copy: Path) -> None:
+    edit_config(tiny_all_copy, questions={"per_1k_tokens": 9})
+    run = snakemake(tiny_all_copy, "-n", "dataset")
     assert run.returncode == 0, run.output
     jobs = dry_run_jobs(run)
     assert set(jobs) == {

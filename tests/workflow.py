@@ -40,6 +40,29 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+# Result files at least this large (models, adapters, GGUFs) are hard-linked by copy_run, not copied.
+LINK_MIN_BYTES = 1 << 20
+
+
+def copy_run(source: Path, dest: Path) -> Path:
+    """A copy of a workdir after a run: config, code, logs, results and Snakemake's .snakemake metadata
+    (modification times kept), so that a test can change it and rerun without touching ``source``.
+
+    Result files of LINK_MIN_BYTES or more (models, adapters, GGUFs) are hard links, which makes the copy
+    fast and small: Snakemake deletes a job's outputs before it runs the job, so a rerun in the copy
+    writes new files and leaves those of ``source`` alone. Do not edit such a file in place.
+    """
+
+    def copy(src: str, dst: str) -> object:
+        if os.path.getsize(src) >= LINK_MIN_BYTES and Path(src).is_relative_to(source / "results"):
+            os.link(src, dst)
+            return dst
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, symlinks=True, copy_function=copy)
+    return dest
+
+
 def edit_config(workdir: Path, **sections: dict[str, Any]) -> None:
     """Merge ``sections`` into the copy's config.yaml (one level deep per section)."""
     path = workdir / "config.yaml"
@@ -60,11 +83,18 @@ class Run:
         return self.stdout + self.stderr
 
 
-def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> Run:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+    cores: int | None = 2,
+) -> Run:
+    """Run Snakemake in ``workdir`` (``--cores 2``; ``cores=None``: no --cores), without ANTHROPIC_* vars."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     environment.update(env or {})
     proc = subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args],
+        [SNAKEMAKE, *(["--cores", str(cores)] if cores is not None else []), *args],
         cwd=workdir,
         env=environment,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Small, atomic JSON / JSONL helpers shared by every step."""
+"""Atomic JSON / JSONL reading and writing for every step, and the canonical JSON of content hashes."""
 
 from __future__ import annotations
 
@@ -54,20 +54,28 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The JSON object of every non-blank line of a JSONL file; InputFileError naming the line."""
     try:
         with Path(path).open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputFileError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            for number, row in json_lines(handle, str(path)):
                 if not isinstance(row, dict):
                     raise InputFileError(f"{path}:{number}: expected a JSON object per line")
                 yield row
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(f"{path}: cannot read ({exc})") from exc
+
+
+def json_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of every non-blank line; InputFileError ``where:number`` for a line
+    that is not JSON."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(f"{where}:{number}: not valid JSON ({exc.msg})") from exc
+        yield number, value
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -9,10 +9,11 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tubetune.config import settings_from
 from tubetune.dataset.dedup import find_duplicates
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import estimate_tokens
@@ -30,33 +31,48 @@ _ARTIFACT = re.compile(r"\[(music|applause|laughter)\]", re.I)
 
 @dataclass(frozen=True)
 class DatasetSettings:
+    """The config section ``dataset``; built with ``settings_from(DatasetSettings, values, "dataset")``."""
+
     system_prompt: str
     near_duplicate_threshold: float
     min_question_chars: int
     min_answer_chars: int
     max_answer_chars: int
     max_example_tokens: int
-    split: Mapping[str, float]
+    split: dict[str, float]
     seed: int
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DatasetSettings:
-        split = {name: float(config["split"][name]) for name in SPLITS}
-        if abs(sum(split.values()) - 1.0) > 1e-6:
+    def __post_init__(self) -> None:
+        total = sum(self.split.values())
+        if abs(total - 1.0) > 1e-6:
             raise ConfigError(
-                "config error: dataset.split fractions must add up to 1 "
-                f"(they add up to {sum(split.values()):g})"
+                f"config error: dataset.split fractions must add up to 1 (they add up to {total:g})"
             )
-        return cls(
-            system_prompt=str(config["system_prompt"]),
-            near_duplicate_threshold=float(config["near_duplicate_threshold"]),
-            min_question_chars=int(config["min_question_chars"]),
-            min_answer_chars=int(config["min_answer_chars"]),
-            max_answer_chars=int(config["max_answer_chars"]),
-            max_example_tokens=int(config["max_example_tokens"]),
-            split=split,
-            seed=int(config["seed"]),
-        )
+
+
+@dataclass(frozen=True)
+class DatasetOutputs:
+    """The files rule ``build_dataset`` writes (its named outputs)."""
+
+    train: str | Path
+    valid: str | Path
+    test: str | Path
+    dropped: str | Path
+    skipped: str | Path
+    stats: str | Path
+    stats_md: str | Path
+    lengths: str | Path
+
+
+@dataclass
+class Drops:
+    """Why Q&A pairs are missing: counts per reason, and the rows the dataset step itself dropped."""
+
+    counts: Counter[str] = field(default_factory=Counter)  # every drop, "<stage>: <reason>"
+    quarantined: Counter[str] = field(default_factory=Counter)  # extraction and validation
+    quarantined_questions: int = 0
+    unanswered: Counter[str] = field(default_factory=Counter)  # the answer pass
+    rows: list[dict[str, Any]] = field(default_factory=list)  # filtered and duplicate pairs
 
 
 def quality_problem(row: Mapping[str, Any], settings: DatasetSettings) -> str | None:
@@ -153,39 +169,83 @@ def build_dataset(
     dropped_paths: Sequence[str | Path],
     selected_path: str | Path,
     filtered_path: str | Path,
-    out_dir: str | Path,
+    outputs: DatasetOutputs,
     dataset_config: Mapping[str, Any],
+    review_dir: str | Path,
     ledger_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write the splits, dropped.jsonl, skipped_videos.tsv, stats.json/.md and lengths.png to ``out_dir``.
+    """Rule ``build_dataset``: the splits, dropped.jsonl, skipped_videos.tsv, stats.json/.md and
+    lengths.png, each to its path in ``outputs``.
 
+    ``review_dir``: where the review pages are, named in the error when no Q&A pair survives.
     ``ledger_path``: the LLM ledger (ledger.json) whose total goes into the statistics as ``llm``;
     None leaves it out.
     """
-    settings = DatasetSettings.from_config(dataset_config)
-    out = Path(out_dir)
+    settings = settings_from(DatasetSettings, dataset_config, "dataset")
     listing = read_json(selected_path)
     channel = str((listing.get("channel") or {}).get("name") or "this channel")
     system_prompt = settings.system_prompt.replace("{channel}", channel)
-
     rows = [row for path in sorted(map(str, qa_paths)) for row in read_jsonl(path)]
     rows.sort(key=lambda r: str(r["qa_id"]))
-    drops: Counter[str] = Counter()
-    dropped_rows: list[dict[str, Any]] = []
-    quarantined: Counter[str] = Counter()
-    quarantined_questions = 0
+    drops = read_drops(quarantine_paths, dropped_paths)
+    kept = filter_and_dedup(rows, settings, system_prompt, drops)
+    statuses = [read_json(path) for path in chunk_status_paths]
+    skipped = _skipped_videos(statuses, filtered_path)
+    if not kept:
+        raise TubetuneError(
+            no_usable_qa_message(
+                questions=drops.quarantined_questions + sum(drops.unanswered.values()) + len(rows),
+                chunks=sum(int(status.get("chunks") or 0) for status in statuses),
+                quarantined=drops.quarantined,
+                dropped=drops.unanswered + Counter(str(row["reason"]) for row in drops.rows),
+                skipped=Counter(_reason_key(v["reason"]) for v in skipped),
+                review_dir=review_dir,
+            )
+        )
+    assignment = split_videos([row["video_id"] for row in kept], settings.split, settings.seed)
+    examples: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for row in kept:
+        examples[assignment[row["video_id"]]].append(chat_example(row, system_prompt))
+    for name in SPLITS:
+        write_jsonl(getattr(outputs, name), examples[name])
+    write_jsonl(outputs.dropped, drops.rows)
+    write_skipped_tsv(outputs.skipped, skipped)
+    llm = ledger_cost(ledger_path) if ledger_path is not None else None
+    stats = _statistics(kept, examples, assignment, drops.counts, skipped, channel, system_prompt, llm)
+    write_json(outputs.stats, stats)
+    atomic_write_text(outputs.stats_md, render_stats_markdown(stats))
+    plot_lengths(kept, outputs.lengths)
+    logger.info(
+        "dataset: %s examples (%s), %d dropped",
+        len(kept),
+        ", ".join(f"{n} {len(examples[n])}" for n in SPLITS),
+        sum(drops.counts.values()),
+    )
+    return stats
+
+
+def read_drops(quarantine_paths: Sequence[str | Path], dropped_paths: Sequence[str | Path]) -> Drops:
+    """The questions quarantined before the answer pass and those the answer pass dropped, by reason."""
+    drops = Drops()
     for path in quarantine_paths:
         for row in read_jsonl(path):
-            drops[f"{row.get('stage', 'extract')}: {_reason_key(row.get('reason'))}"] += 1
-            quarantined[_reason_key(row.get("reason"))] += 1
-            quarantined_questions += "question" in row
-    answer_drops: Counter[str] = Counter()
+            drops.counts[f"{row.get('stage', 'extract')}: {_reason_key(row.get('reason'))}"] += 1
+            drops.quarantined[_reason_key(row.get("reason"))] += 1
+            drops.quarantined_questions += "question" in row
     for path in dropped_paths:
         for row in read_jsonl(path):
-            drops[f"answer: {_reason_key(row.get('reason'))}"] += 1
-            answer_drops[_reason_key(row.get("reason"))] += 1
+            drops.counts[f"answer: {_reason_key(row.get('reason'))}"] += 1
+            drops.unanswered[_reason_key(row.get("reason"))] += 1
+    return drops
 
-    # Quality filters first, so a bad pair never wins over its good duplicate.
+
+def filter_and_dedup(
+    rows: Sequence[dict[str, Any]], settings: DatasetSettings, system_prompt: str, drops: Drops
+) -> list[dict[str, Any]]:
+    """The Q&A pairs fit for training, duplicates removed; the others go to ``drops`` with the reason.
+
+    Quality filters run first, so a bad pair never wins over its good duplicate.
+    """
     kept: list[dict[str, Any]] = []
     for row in rows:
         problem = quality_problem(row, settings)
@@ -196,16 +256,15 @@ def build_dataset(
         ):
             problem = "example too long"
         if problem is not None:
-            drops[f"filter: {problem}"] += 1
-            dropped_rows.append({**row, "reason": problem})
+            drops.counts[f"filter: {problem}"] += 1
+            drops.rows.append({**row, "reason": problem})
         else:
             kept.append(row)
     duplicates = find_duplicates([row["question"] for row in kept], settings.near_duplicate_threshold)
-    removed = {d.index for d in duplicates}
     for dup in duplicates:
         kind = "exact duplicate question" if dup.kind == "exact" else "near-duplicate question"
-        drops[f"dedup: {kind}"] += 1
-        dropped_rows.append(
+        drops.counts[f"dedup: {kind}"] += 1
+        drops.rows.append(
             {
                 **kept[dup.index],
                 "reason": kind,
@@ -213,47 +272,17 @@ def build_dataset(
                 "similarity": dup.similarity,
             }
         )
-    kept = [row for i, row in enumerate(kept) if i not in removed]
+    removed = {d.index for d in duplicates}
+    return [row for i, row in enumerate(kept) if i not in removed]
 
-    statuses = [read_json(path) for path in chunk_status_paths]
-    skipped = _skipped_videos(statuses, filtered_path)
-    if not kept:
-        raise TubetuneError(
-            no_usable_qa_message(
-                questions=quarantined_questions + sum(answer_drops.values()) + len(rows),
-                chunks=sum(int(status.get("chunks") or 0) for status in statuses),
-                quarantined=quarantined,
-                dropped=answer_drops + Counter(str(row["reason"]) for row in dropped_rows),
-                skipped=Counter(_reason_key(v["reason"]) for v in skipped),
-                review_dir=out.parent / "review",
-            )
-        )
 
-    assignment = split_videos([row["video_id"] for row in kept], settings.split, settings.seed)
-    examples: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
-    for row in kept:
-        examples[assignment[row["video_id"]]].append(chat_example(row, system_prompt))
-    for name in SPLITS:
-        write_jsonl(out / f"{name}.jsonl", examples[name])
-    write_jsonl(out / "dropped.jsonl", dropped_rows)
-
-    with (out / "skipped_videos.tsv").open("w", encoding="utf-8", newline="") as handle:
+def write_skipped_tsv(path: str | Path, skipped: Sequence[Mapping[str, str]]) -> None:
+    """skipped_videos.tsv: video id, title, the stage that skipped the video and why."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["video_id", "title", "stage", "reason"])
         writer.writerows([v["video_id"], v["title"], v["stage"], v["reason"]] for v in skipped)
-
-    llm = ledger_cost(ledger_path) if ledger_path is not None else None
-    stats = _statistics(kept, examples, assignment, drops, skipped, channel, system_prompt, llm)
-    write_json(out / "stats.json", stats)
-    atomic_write_text(out / "stats.md", render_stats_markdown(stats))
-    plot_lengths(kept, out / "lengths.png")
-    logger.info(
-        "dataset: %s examples (%s), %d dropped",
-        len(kept),
-        ", ".join(f"{n} {len(examples[n])}" for n in SPLITS),
-        sum(drops.values()),
-    )
-    return stats
 
 
 def _reason_key(reason: Any) -> str:

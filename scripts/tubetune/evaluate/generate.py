@@ -26,11 +26,14 @@ Message = Mapping[str, str]
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    max_new_tokens: int = 256
-    seed: int = 0
-    n_ctx: int = 2048
-    repeat_penalty: float = 1.0
-    n_threads: int = 1
+    """llama.cpp answering: four keys of the ``evaluate:`` section and the evaluate job's threads
+    (built by :func:`tubetune.evaluate.generation_settings`)."""
+
+    max_new_tokens: int
+    seed: int
+    n_ctx: int
+    repeat_penalty: float
+    n_threads: int
 
 
 @dataclass(frozen=True)

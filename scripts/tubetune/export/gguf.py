@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from tubetune.mlxrt import BLAS, mx
 
-import json
 import logging
 import math
 import re
@@ -27,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tubetune.errors import ConfigError, InputFileError
-from tubetune.export.hf import iter_float_weights
+from tubetune.export.hf import iter_float_weights, read_model_config, read_model_json
 from tubetune.model.gguf_convert import (
     LLAMA3_PATTERN,
     SUPPORTED_PRE,
@@ -60,16 +59,6 @@ NDArray = np.ndarray[Any, Any]
 # ------------------------------------------------------------------------------------------ model dir
 
 
-def read_json_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{path}: cannot read JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputFileError(f"{path}: expected a JSON object")
-    return data
-
-
 @dataclass(frozen=True)
 class LlamaDirConfig(LlamaShape):
     """The parts of a Hugging Face Llama config.json a GGUF needs (the shape the GGUF import reads,
@@ -79,7 +68,7 @@ class LlamaDirConfig(LlamaShape):
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> LlamaDirConfig:
-        config = read_json_file(model_dir / "config.json")
+        config = read_model_config(model_dir)
         model_type = config.get("model_type")
         if model_type != "llama":
             raise InputFileError(
@@ -172,9 +161,7 @@ class GGUFVocab:
 def gguf_vocab(model_dir: Path, vocab_size: int, tokenizer_pre: str | None) -> GGUFVocab:
     """Tokens (by id, padded to vocab_size) and llama.cpp token types from tokenizer.json."""
     path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        raise InputFileError(f"{model_dir}: no tokenizer.json (a fast BPE tokenizer is needed for a GGUF)")
-    data = read_json_file(path)
+    data = read_model_json(model_dir, path.name, "a fast BPE tokenizer is needed for a GGUF")
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise InputFileError(f"{path}: tokenizer model is {model.get('type')}, the GGUF export needs BPE")
@@ -335,14 +322,35 @@ def _add_metadata(
     special.add_to_gguf(writer, quiet=True)
 
 
-def export_gguf(
-    model_dir: str | Path,
-    out_path: str | Path,
-    qtype: str,
-    tokenizer_pre: str | None = None,
-    name: str | None = None,
+def _write_tensors(writer: gguf.GGUFWriter, planned: list[PlannedTensor], qtype: str) -> dict[str, int]:
+    """Tensor infos, header and key/values, then each tensor's data; return the count per GGML type."""
+    for item in planned:
+        byte_shape = (
+            item.shape
+            if item.ggml_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            else gguf.quants.quant_shape_to_byte_shape(item.shape, item.ggml_type)
+        )
+        dtype: np.dtype[Any] = STORAGE_DTYPES.get(item.ggml_type, np.dtype(np.uint8))
+        nbytes = int(np.prod(byte_shape)) * dtype.itemsize
+        raw = item.ggml_type if dtype == np.uint8 else None
+        writer.add_tensor_info(item.gguf_name, byte_shape, dtype, nbytes, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    counts: dict[str, int] = {}
+    for item in tqdm(planned, desc=f"GGUF {qtype}", unit="tensor", mininterval=2.0):
+        writer.write_tensor_data(encode_tensor(item.load(), item.ggml_type))
+        counts[item.ggml_type.name] = counts.get(item.ggml_type.name, 0) + 1
+    return counts
+
+
+def write_gguf(
+    model_dir: str | Path, out_path: str | Path, qtype: str, *, tokenizer_pre: str | None, name: str
 ) -> GGUFExportResult:
-    """Write ``model_dir`` as a ``qtype`` (f16 | q8_0 | q4_0) GGUF at ``out_path``."""
+    """Write ``model_dir`` as a ``qtype`` (f16 | q8_0 | q4_0) GGUF at ``out_path``, named ``name``.
+
+    ``tokenizer_pre``: llama.cpp's pre-tokenizer name (None: detected from tokenizer.json).
+    """
     if qtype not in QTYPES:
         raise ConfigError(f"GGUF type '{qtype}' is not one of {', '.join(QTYPES)}")
     start = time.perf_counter()
@@ -357,25 +365,8 @@ def export_gguf(
     partial = target.with_name(f".{target.name}.partial")
     writer = gguf.GGUFWriter(partial, arch="llama")
     try:
-        _add_metadata(writer, config, qtype, name or source.name, vocab, source)
-        for item in planned:
-            byte_shape = (
-                item.shape
-                if item.ggml_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-                else gguf.quants.quant_shape_to_byte_shape(item.shape, item.ggml_type)
-            )
-            dtype: np.dtype[Any] = STORAGE_DTYPES.get(item.ggml_type, np.dtype(np.uint8))
-            nbytes = int(np.prod(byte_shape)) * dtype.itemsize
-            raw = item.ggml_type if dtype == np.uint8 else None
-            writer.add_tensor_info(item.gguf_name, byte_shape, dtype, nbytes, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        counts: dict[str, int] = {}
-        for item in tqdm(planned, desc=f"GGUF {qtype}", unit="tensor", mininterval=2.0):
-            data = encode_tensor(item.load(), item.ggml_type)
-            writer.write_tensor_data(data)
-            counts[item.ggml_type.name] = counts.get(item.ggml_type.name, 0) + 1
+        _add_metadata(writer, config, qtype, name, vocab, source)
+        counts = _write_tensors(writer, planned, qtype)
     finally:
         writer.close()
     partial.replace(target)
@@ -392,8 +383,23 @@ def export_gguf(
     return result
 
 
-def export_gguf_step(model_dir: str | Path, out_path: str | Path, qtype: str, tokenizer_pre: str | None,
-                     name: str) -> GGUFExportResult:
-    """Rule export_gguf."""
+def export_gguf(
+    model: str | Path,
+    gguf_file: str | Path,
+    *,
+    variant: str,
+    qtype: str,
+    tokenizer_pre: str | None,
+    base: str,
+) -> GGUFExportResult:
+    """Rule export_gguf: the model dir ``model`` (the ``variant`` base or tuned) as a ``qtype`` GGUF.
+
+    The GGUF's general.name is "<base model name> tubetune <variant>", the base model name taken from
+    ``base`` (model.base) when it stands for a Hugging Face id, else "model".
+    """
+    from tubetune.model.base import hub_id_of
+
     logger.info("BLAS: %s", BLAS)
-    return export_gguf(model_dir, out_path, qtype, tokenizer_pre=tokenizer_pre, name=name)
+    base_name = (hub_id_of(base) or "model").rsplit("/", 1)[-1]
+    name = f"{base_name} tubetune {variant}"
+    return write_gguf(model, gguf_file, qtype, tokenizer_pre=tokenizer_pre, name=name)

@@ -132,14 +132,18 @@ def system_prompt_from_stats(stats_path: str | Path) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def write_modelfile(
-    out_path: str | Path,
+def modelfile(
     gguf_path: str | Path,
-    stats_path: str | Path | None,
+    stats: str | Path,
+    out_path: str | Path,
+    *,
     system: str | None,
     parameters: Mapping[str, Any],
 ) -> str:
-    """Write the Modelfile next to ``gguf_path``; return its text."""
+    """Rule modelfile: the Modelfile ``out_path`` next to ``gguf_path``; return its text.
+
+    ``system``: the SYSTEM prompt (None: the dataset's system prompt from ``stats``).
+    """
     gguf_file = Path(gguf_path)
     target = Path(out_path)
     if gguf_file.parent.resolve() != target.parent.resolve():
@@ -149,7 +153,7 @@ def write_modelfile(
     if chat is None:
         logger.warning("%s: chat template not recognised (neither ChatML nor Llama 3): no TEMPLATE written",
                        gguf_file)
-    prompt = system if system is not None else (system_prompt_from_stats(stats_path) if stats_path else None)
+    prompt = system if system is not None else system_prompt_from_stats(stats)
     if prompt is None:
         logger.warning("no system prompt (export.ollama_system is null and stats.json has none)")
     text = render_modelfile(gguf_file.name, chat, prompt, parameters)

@@ -9,14 +9,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tubetune.config import settings_from
 from tubetune.errors import TubetuneError
 from tubetune.generate.chunk import Chunk
-from tubetune.generate.prompts import PromptTemplate, format_seconds, load_prompt
+from tubetune.generate.prompts import PromptTemplate, chunk_request, load_prompt
 from tubetune.generate.questions import Question, load_chunks
 from tubetune.jsonio import read_jsonl, write_json, write_jsonl
-from tubetune.llm.batch import BatchResultBackend, PlannedRequest, run_batch_pass
+from tubetune.llm.batch import PlannedRequest, job_client, run_batch_pass
 from tubetune.llm.client import LLMClient
-from tubetune.llm.request import LLMRequest, Message
+from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
@@ -53,21 +54,7 @@ def answer_request(
     chunk: Chunk, questions: Sequence[Question], prompt: PromptTemplate, llm: LLMSettings
 ) -> LLMRequest:
     numbered = "\n".join(f"{i}. {q.question}" for i, q in enumerate(questions, start=1))
-    user = prompt.render(
-        title=chunk.title,
-        start=format_seconds(chunk.start),
-        end=format_seconds(chunk.end),
-        chunk=chunk.text,
-        questions=numbered,
-    )
-    return LLMRequest(
-        backend=llm.backend,
-        model=llm.request_model,
-        system=prompt.system,
-        messages=(Message("user", user),),
-        output_schema=ANSWERS_SCHEMA,
-        max_tokens=llm.max_tokens,
-    )
+    return chunk_request(chunk, prompt, llm, ANSWERS_SCHEMA, questions=numbered)
 
 
 def check_answers(n_questions: int) -> Any:
@@ -113,23 +100,24 @@ def answer_questions(
     questions_path: str | Path,
     chunks_path: str | Path,
     prompt_path: str | Path,
-    out_path: str | Path,
+    qa_path: str | Path,
     dropped_path: str | Path,
     llm_config: Mapping[str, Any],
     client: LLMClient | None = None,
     usage_path: str | Path | None = None,
     batch_report: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Answer each chunk's questions from that chunk alone, up to ``llm.concurrency`` requests at once.
+    """Rule ``answer_questions``: answer each chunk's questions from that chunk alone, up to
+    ``llm.concurrency`` requests at once; the Q&A pairs into ``qa_path``, the unanswered questions
+    with the reason into ``dropped_path``.
 
     ``batch_report`` (``llm.mode: batch``): every reply comes from the cache, filled by the batch
     pass. ``usage_path`` receives what the LLM calls of this job cost.
     """
     started = time.monotonic()
-    llm = LLMSettings.from_config(llm_config)
+    llm = settings_from(LLMSettings, llm_config, "llm")
     prompt = load_prompt(prompt_path, PLACEHOLDERS)
-    if client is None:
-        client = LLMClient(llm, backend=BatchResultBackend(batch_report) if batch_report else None)
+    client = job_client(llm, batch_report) if client is None else client
     chunks = {chunk.chunk_id: chunk for chunk in load_chunks(chunks_path)}
     plan = answer_plan(chunks, load_questions(questions_path), prompt, llm)
     outcomes = client.complete_all(
@@ -146,51 +134,55 @@ def answer_questions(
             continue
         for item in sorted(outcome.data["answers"], key=lambda a: a["index"]):
             question = questions[item["index"] - 1]
-            if not item["answerable"]:
+            if item["answerable"]:
+                qa.append(qa_pair(question, item["answer"], prompt.hash))
+            else:
                 dropped.append(_dropped(question, "not answered by its chunk: " + item["reason"].strip()))
-                continue
-            qa.append(
-                {
-                    "qa_id": question.question_id,
-                    "question": question.question,
-                    "answer": " ".join(item["answer"].split()),
-                    "video_id": question.video_id,
-                    "title": question.title,
-                    "chunk_id": question.chunk_id,
-                    "start": question.start,
-                    "end": question.end,
-                    "url": timestamp_url(question.video_id, question.start),
-                    "question_prompt_hash": question.prompt_hash,
-                    "answer_prompt_hash": prompt.hash,
-                }
-            )
-    write_jsonl(out_path, qa)
+    write_jsonl(qa_path, qa)
     write_jsonl(dropped_path, dropped)
     logger.info("%d answered, %d dropped", len(qa), len(dropped))
     client.log_summary()
     if usage_path is not None:
-        job = f"answer_questions/{Path(out_path).stem}"
+        job = f"answer_questions/{Path(qa_path).stem}"
         write_json(usage_path, client.usage_record("answers", job, time.monotonic() - started))
     return qa, dropped
+
+
+def qa_pair(question: Question, answer: str, answer_prompt_hash: str) -> dict[str, Any]:
+    """One line of the Q&A file: the question, its answer and where both come from."""
+    return {
+        "qa_id": question.question_id,
+        "question": question.question,
+        "answer": " ".join(answer.split()),
+        "video_id": question.video_id,
+        "title": question.title,
+        "chunk_id": question.chunk_id,
+        "start": question.start,
+        "end": question.end,
+        "url": timestamp_url(question.video_id, question.start),
+        "question_prompt_hash": question.prompt_hash,
+        "answer_prompt_hash": answer_prompt_hash,
+    }
 
 
 def batch_answers(
     question_paths: Sequence[str | Path],
     chunk_paths: Sequence[str | Path],
     prompt_path: str | Path,
-    out_path: str | Path,
+    report_path: str | Path,
     llm_config: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``llm.mode: batch``: every video's answer requests through Message Batches, into the cache."""
-    llm = LLMSettings.from_config(llm_config)
+    """Rule ``batch_answers`` (``llm.mode: batch``): every video's answer requests through Message
+    Batches, into the cache; the pass's report into ``report_path``."""
+    llm = settings_from(LLMSettings, llm_config, "llm")
     prompt = load_prompt(prompt_path, PLACEHOLDERS)
-    chunks = {chunk.chunk_id: chunk for path in chunk_paths for chunk in load_chunks(path)}
+    chunks = {chunk.chunk_id: chunk for chunk in load_chunks(*chunk_paths)}
     planned: list[PlannedRequest] = []
     for path in question_paths:
         for chunk_id, questions, request in answer_plan(chunks, load_questions(path), prompt, llm):
             planned.append(PlannedRequest(request, check_answers(len(questions)), chunk_id))
     report = run_batch_pass("answers", planned, LLMClient(llm))
-    write_json(out_path, report)
+    write_json(report_path, report)
     return report
 
 

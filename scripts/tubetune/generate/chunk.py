@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tubetune.config import settings_from
 from tubetune.jsonio import read_json, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -208,19 +209,28 @@ def chunk_snippets(
     return chunks
 
 
+@dataclass(frozen=True)
+class ChunkSettings:
+    """The config section ``chunk``; built with ``settings_from(ChunkSettings, values, "chunk")``."""
+
+    max_tokens: int
+    min_tokens: int
+    min_words: int
+
 
 def chunk(
     transcript_path: str | Path,
-    out_path: str | Path,
+    chunks_path: str | Path,
     status_path: str | Path,
     chunk_config: Mapping[str, Any],
 ) -> int:
-    """Chunk one transcript file; a skipped video gives an empty chunk file.
+    """Rule ``chunk``: cut one transcript file into ``chunks_path``; a skipped video gives an empty file.
 
     ``status_path`` gets the video's chunk status: ``{"video_id", "title", "status": "ok", "words",
     "chunks"}``, or for a video without chunks ``"status": "skipped"`` with the ``stage`` that skipped it
-    ("transcript" or "chunk") and the ``reason``.
+    ("transcript" or "chunk") and the ``reason``. Returns the number of chunks.
     """
+    settings = settings_from(ChunkSettings, chunk_config, "chunk")
     transcript = read_json(transcript_path)
     video_id = str(transcript["video_id"])
     title = str(transcript.get("title") or video_id)
@@ -230,22 +240,16 @@ def chunk(
         logger.info("%s skipped earlier (%s): no chunks", video_id, reason)
         status |= {"status": "skipped", "stage": "transcript", "reason": reason}
         write_json(status_path, status | {"chunks": 0})
-        return write_jsonl(out_path, [])
+        return write_jsonl(chunks_path, [])
     snippets = speech_snippets(transcript["snippets"])
     count = count_speech(snippets)
-    too_little = too_little_speech(count, int(chunk_config["min_words"]))
+    too_little = too_little_speech(count, settings.min_words)
     if too_little is not None:
         logger.info("%s skipped: %s", video_id, too_little)
         status |= {"status": "skipped", "stage": "chunk", "reason": too_little}
         write_json(status_path, status | {"words": count.words, "chunks": 0})
-        return write_jsonl(out_path, [])
-    chunks = chunk_snippets(
-        video_id=video_id,
-        title=title,
-        snippets=snippets,
-        max_tokens=int(chunk_config["max_tokens"]),
-        min_tokens=int(chunk_config["min_tokens"]),
-    )
+        return write_jsonl(chunks_path, [])
+    chunks = chunk_snippets(video_id, title, snippets, settings.max_tokens, settings.min_tokens)
     logger.info("%d words, %d chunks, tokens %s", count.words, len(chunks), [c.n_tokens for c in chunks])
     write_json(status_path, status | {"status": "ok", "words": count.words, "chunks": len(chunks)})
-    return write_jsonl(out_path, (c.to_dict() for c in chunks))
+    return write_jsonl(chunks_path, (c.to_dict() for c in chunks))

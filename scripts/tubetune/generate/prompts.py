@@ -1,13 +1,18 @@
-"""Prompt files: a system part, a line ``<!-- user -->``, then a user template with {placeholders}."""
+"""Prompt files (a system part, a line ``<!-- user -->``, then a user template with {placeholders}) and
+the LLM request that asks a prompt about one chunk."""
 
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tubetune.errors import InputFileError
-from tubetune.llm.request import prompt_hash
+from tubetune.generate.chunk import Chunk
+from tubetune.llm.request import LLMRequest, Message, prompt_hash
+from tubetune.llm.settings import LLMSettings
 
 SEPARATOR = "<!-- user -->"
 
@@ -59,3 +64,29 @@ def load_prompt(path: str | Path, required: tuple[str, ...]) -> PromptTemplate:
             f"{path}: the user part lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}"
         )
     return PromptTemplate(path=str(path), system=system, user_template=user)
+
+
+def chunk_request(
+    chunk: Chunk,
+    prompt: PromptTemplate,
+    llm: LLMSettings,
+    output_schema: Mapping[str, Any],
+    **values: object,
+) -> LLMRequest:
+    """The request asking ``prompt`` about ``chunk``: the user part filled with the chunk's title, start,
+    end and text and ``values``, the reply constrained by ``output_schema``."""
+    user = prompt.render(
+        title=chunk.title,
+        start=format_seconds(chunk.start),
+        end=format_seconds(chunk.end),
+        chunk=chunk.text,
+        **values,
+    )
+    return LLMRequest(
+        backend=llm.backend,
+        model=llm.request_model,
+        system=prompt.system,
+        messages=(Message("user", user),),
+        output_schema=dict(output_schema),
+        max_tokens=llm.max_tokens,
+    )

@@ -12,13 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tubetune.errors import TubetuneError
+from tubetune.config import settings_from
+from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import Chunk
-from tubetune.generate.prompts import PromptTemplate, format_seconds, load_prompt
+from tubetune.generate.prompts import PromptTemplate, chunk_request, load_prompt
 from tubetune.jsonio import read_jsonl, write_json, write_jsonl
-from tubetune.llm.batch import BatchResultBackend, PlannedRequest, run_batch_pass
-from tubetune.llm.client import LLMClient
-from tubetune.llm.request import LLMRequest, Message
+from tubetune.llm.batch import PlannedRequest, job_client, run_batch_pass
+from tubetune.llm.client import LLMClient, LLMResult
+from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
@@ -39,21 +40,28 @@ _META_REFERENCE = re.compile(
 
 @dataclass(frozen=True)
 class QuestionSettings:
+    """The config section ``questions`` without its prompt (the prompt file is a rule input).
+
+    Built with ``settings_from(QuestionSettings, values, "questions")``.
+    """
+
     per_1k_tokens: float
     min_per_chunk: int
     max_per_chunk: int
-    min_chars: int = 12
-    max_chars: int = 300
+    min_chars: int
+    max_chars: int
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> QuestionSettings:
-        return cls(
-            per_1k_tokens=float(config["per_1k_tokens"]),
-            min_per_chunk=int(config["min_per_chunk"]),
-            max_per_chunk=int(config["max_per_chunk"]),
-            min_chars=int(config.get("min_chars", 12)),
-            max_chars=int(config.get("max_chars", 300)),
-        )
+    def __post_init__(self) -> None:
+        if self.min_per_chunk > self.max_per_chunk:
+            raise ConfigError(
+                f"config error: questions.min_per_chunk ({self.min_per_chunk}) is above "
+                f"questions.max_per_chunk ({self.max_per_chunk})"
+            )
+        if self.min_chars > self.max_chars:
+            raise ConfigError(
+                f"config error: questions.min_chars ({self.min_chars}) is above "
+                f"questions.max_chars ({self.max_chars})"
+            )
 
     def count_for(self, n_tokens: int) -> int:
         """How many questions a chunk of ``n_tokens`` is asked for."""
@@ -64,25 +72,12 @@ class QuestionSettings:
 def extraction_request(
     chunk: Chunk, prompt: PromptTemplate, n_questions: int, llm: LLMSettings
 ) -> LLMRequest:
-    user = prompt.render(
-        title=chunk.title,
-        start=format_seconds(chunk.start),
-        end=format_seconds(chunk.end),
-        chunk=chunk.text,
-        n_questions=n_questions,
-    )
-    return LLMRequest(
-        backend=llm.backend,
-        model=llm.request_model,
-        system=prompt.system,
-        messages=(Message("user", user),),
-        output_schema=QUESTIONS_SCHEMA,
-        max_tokens=llm.max_tokens,
-    )
+    return chunk_request(chunk, prompt, llm, QUESTIONS_SCHEMA, n_questions=n_questions)
 
 
-def load_chunks(path: str | Path) -> list[Chunk]:
-    return [Chunk.from_dict(row) for row in read_jsonl(path)]
+def load_chunks(*paths: str | Path) -> list[Chunk]:
+    """The chunks of one or more chunk files, in order."""
+    return [Chunk.from_dict(row) for path in paths for row in read_jsonl(path)]
 
 
 def extraction_plan(
@@ -99,14 +94,15 @@ def extraction_plan(
 def extract_questions(
     chunks_path: str | Path,
     prompt_path: str | Path,
-    out_path: str | Path,
+    questions_path: str | Path,
     llm_config: Mapping[str, Any],
     question_config: Mapping[str, Any],
     client: LLMClient | None = None,
     usage_path: str | Path | None = None,
     batch_report: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Ask the LLM for questions per chunk; one record per chunk, quarantined ones with the reason.
+    """Rule ``extract_questions``: ask the LLM for questions per chunk; one record per chunk into
+    ``questions_path``, quarantined ones with the reason.
 
     Up to ``llm.concurrency`` requests are in flight at once. Responses are cached by the LLM layer
     as they arrive; a chunk whose output stays invalid after the re-asks, or whose calls keep
@@ -115,54 +111,60 @@ def extract_questions(
     ``usage_path`` receives what the LLM calls of this job cost (the ledger's input).
     """
     started = time.monotonic()
-    llm = LLMSettings.from_config(llm_config)
-    settings = QuestionSettings.from_config(question_config)
+    llm = settings_from(LLMSettings, llm_config, "llm")
+    settings = settings_from(QuestionSettings, question_config, "questions")
     prompt = load_prompt(prompt_path, PLACEHOLDERS)
-    if client is None:
-        client = LLMClient(llm, backend=BatchResultBackend(batch_report) if batch_report else None)
+    client = job_client(llm, batch_report) if client is None else client
     plan = extraction_plan(load_chunks(chunks_path), prompt, settings, llm)
     outcomes = client.complete_all([(request, None) for _, _, request in plan], "extract questions", "chunk")
-    records: list[dict[str, Any]] = []
-    for (chunk, n_questions, request), outcome in zip(plan, outcomes, strict=True):
-        record: dict[str, Any] = {
-            "chunk_id": chunk.chunk_id,
-            "video_id": chunk.video_id,
-            "n_requested": n_questions,
-            "prompt_hash": prompt.hash,
-            "request_key": request.key(),
-        }
-        if isinstance(outcome, TubetuneError):
-            logger.warning("%s: quarantined (%s)", chunk.chunk_id, outcome)
-            record.update(status="quarantined", reason=str(outcome), questions=[])
-        else:
-            record.update(status="ok", reason=None, questions=list(outcome.data["questions"]))
-        records.append(record)
-    write_jsonl(out_path, records)
+    records = [
+        extraction_record(chunk, n_questions, request, outcome, prompt.hash)
+        for (chunk, n_questions, request), outcome in zip(plan, outcomes, strict=True)
+    ]
+    write_jsonl(questions_path, records)
     client.log_summary()
     if usage_path is not None:
-        job = f"extract_questions/{Path(out_path).stem}"
+        job = f"extract_questions/{Path(questions_path).stem}"
         write_json(usage_path, client.usage_record("questions", job, time.monotonic() - started))
     return records
+
+
+def extraction_record(
+    chunk: Chunk, n_questions: int, request: LLMRequest, outcome: LLMResult | TubetuneError, prompt_hash: str
+) -> dict[str, Any]:
+    """The line of the raw questions file for one chunk: its questions, or why it is quarantined."""
+    record: dict[str, Any] = {
+        "chunk_id": chunk.chunk_id,
+        "video_id": chunk.video_id,
+        "n_requested": n_questions,
+        "prompt_hash": prompt_hash,
+        "request_key": request.key(),
+    }
+    if isinstance(outcome, TubetuneError):
+        logger.warning("%s: quarantined (%s)", chunk.chunk_id, outcome)
+        return record | {"status": "quarantined", "reason": str(outcome), "questions": []}
+    return record | {"status": "ok", "reason": None, "questions": list(outcome.data["questions"])}
 
 
 def batch_questions(
     chunk_paths: Sequence[str | Path],
     prompt_path: str | Path,
-    out_path: str | Path,
+    report_path: str | Path,
     llm_config: Mapping[str, Any],
     question_config: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``llm.mode: batch``: every video's extraction requests through Message Batches, into the cache."""
-    llm = LLMSettings.from_config(llm_config)
-    settings = QuestionSettings.from_config(question_config)
-    prompt = load_prompt(prompt_path, PLACEHOLDERS)
-    chunks = [chunk for path in chunk_paths for chunk in load_chunks(path)]
+    """Rule ``batch_questions`` (``llm.mode: batch``): every video's extraction requests through
+    Message Batches, into the cache; the pass's report into ``report_path``."""
+    llm = settings_from(LLMSettings, llm_config, "llm")
+    settings = settings_from(QuestionSettings, question_config, "questions")
     planned = [
         PlannedRequest(request, None, chunk.chunk_id)
-        for chunk, _, request in extraction_plan(chunks, prompt, settings, llm)
+        for chunk, _, request in extraction_plan(
+            load_chunks(*chunk_paths), load_prompt(prompt_path, PLACEHOLDERS), settings, llm
+        )
     ]
     report = run_batch_pass("questions", planned, LLMClient(llm))
-    write_json(out_path, report)
+    write_json(report_path, report)
     return report
 
 
@@ -246,12 +248,13 @@ def check_record(
 def validate_questions(
     raw_path: str | Path,
     chunks_path: str | Path,
-    out_path: str | Path,
+    questions_path: str | Path,
     quarantine_path: str | Path,
     question_config: Mapping[str, Any],
 ) -> tuple[list[Question], list[dict[str, Any]]]:
-    """Keep well-formed, self-contained, distinct questions; quarantine the rest with the reason."""
-    settings = QuestionSettings.from_config(question_config)
+    """Rule ``validate_questions``: keep well-formed, self-contained, distinct questions; quarantine
+    the rest with the reason."""
+    settings = settings_from(QuestionSettings, question_config, "questions")
     chunks = {chunk.chunk_id: chunk for chunk in load_chunks(chunks_path)}
     kept: list[Question] = []
     quarantined: list[dict[str, Any]] = []
@@ -263,7 +266,7 @@ def validate_questions(
         good, bad = check_record(record, chunk, settings)
         kept.extend(good)
         quarantined.extend(bad)
-    write_jsonl(out_path, (q.model_dump() for q in kept))
+    write_jsonl(questions_path, (q.model_dump() for q in kept))
     write_jsonl(quarantine_path, quarantined)
     for row in quarantined:
         logger.info("quarantined %s: %s", row.get("chunk_id"), row["reason"])

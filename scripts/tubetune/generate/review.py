@@ -10,6 +10,7 @@ from typing import Any
 from tubetune.generate.answers import timestamp_url
 from tubetune.generate.prompts import format_seconds
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl
+from tubetune.source.models import watch_url
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def render_review(
 ) -> str:
     video_id = str(transcript["video_id"])
     title = str(transcript.get("title") or video_id)
-    lines = [f"# {title}", "", f"Video: https://www.youtube.com/watch?v={video_id}"]
+    lines = [f"# {title}", "", f"Video: {watch_url(video_id)}"]
     if transcript.get("status") != "ok":
         lines += ["", f"**Skipped:** {transcript.get('reason')}", ""]
         return "\n".join(lines)
@@ -59,24 +60,25 @@ def render_review(
     return "\n".join(lines)
 
 
-def write_review(
+def review(
     transcript_path: str | Path,
     qa_path: str | Path,
     dropped_path: str | Path,
     quarantine_path: str | Path,
-    out_path: str | Path,
+    page_path: str | Path,
 ) -> None:
+    """Rule ``review``: the review page of one video into ``page_path``."""
     text = render_review(
         read_json(transcript_path), read_jsonl(qa_path), read_jsonl(dropped_path), read_jsonl(quarantine_path)
     )
-    atomic_write_text(out_path, text + "\n")
+    atomic_write_text(page_path, text + "\n")
 
 
-def write_review_index(review_paths: Sequence[str | Path], out_path: str | Path) -> None:
-    """An index page linking every video's review with its first line (the title)."""
-    out = Path(out_path)
+def review_index(page_paths: Sequence[str | Path], index_path: str | Path) -> None:
+    """Rule ``review_index``: an index page linking every video's review page with its first line (the
+    title), into ``index_path``."""
     lines = ["# Review", "", "One page per video: read the answers before training on them.", ""]
-    for path in sorted(Path(p) for p in review_paths):
+    for path in sorted(Path(p) for p in page_paths):
         first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
         lines.append(f"- [{first}]({path.name})")
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(index_path, "\n".join(lines) + "\n")

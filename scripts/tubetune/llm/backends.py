@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from tubetune.errors import ConfigError, TubetuneError
+from tubetune.errors import ConfigError, TubetuneError, one_line
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
 
@@ -31,6 +31,8 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Rate limited / overloaded: after the SDK's own retries, every thread of the job waits and tries again.
 RATE_LIMIT_STATUS = frozenset({429, 529})
 RATE_LIMIT_MAX_PAUSE_S = 60.0
+#: Longest reason (characters) an error message quotes from the API, llama.cpp or the model.
+REASON_LIMIT = 300
 
 
 class BackendError(TubetuneError):
@@ -59,11 +61,6 @@ class Backend(Protocol):
     name: str
 
     def complete(self, request: LLMRequest) -> Completion: ...
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class AnthropicBackend:
@@ -134,10 +131,10 @@ class AnthropicBackend:
                 cause = exc.__cause__ or exc
                 raise BackendError(
                     f"anthropic: cannot connect to {client.base_url} (after {self.settings.max_retries} "
-                    f"retries): {one_line(str(cause))}"
+                    f"retries): {one_line(str(cause), REASON_LIMIT)}"
                 ) from exc
             except anthropic.APIError as exc:
-                raise BackendError(f"anthropic: {one_line(exc.message)}") from exc
+                raise BackendError(f"anthropic: {one_line(exc.message, REASON_LIMIT)}") from exc
             self._gate.succeeded()
             text = "".join(block.text for block in message.content if block.type == "text")
             return Completion(
@@ -150,7 +147,7 @@ class AnthropicBackend:
         kind = f" {exc.type}" if exc.type else ""
         detail = exc.api_message or exc.message
         hint = f" (check {ANTHROPIC_KEY_ENV})" if exc.status_code in (401, 403) else ""
-        return f"anthropic: HTTP {exc.status_code}{kind}{after}: {one_line(detail)}{hint}"
+        return f"anthropic: HTTP {exc.status_code}{kind}{after}: {one_line(detail, REASON_LIMIT)}{hint}"
 
 
 class RateGate:
@@ -238,7 +235,7 @@ def wire_schema(request: LLMRequest) -> dict[str, Any]:
     try:
         return anthropic.transform_schema(copy.deepcopy(request.output_schema))
     except (ValueError, TypeError, KeyError) as exc:
-        logger.warning("sending the output schema untransformed (%s)", one_line(str(exc)))
+        logger.warning("sending the output schema untransformed (%s)", one_line(str(exc), REASON_LIMIT))
         return request.output_schema
 
 
@@ -291,7 +288,8 @@ class LlamaCppBackend:
             try:
                 self._llama = Llama(model_path=str(path), n_ctx=self.settings.n_ctx, verbose=False, seed=0)
             except (ValueError, RuntimeError) as exc:
-                raise ConfigError(f"llm.gguf: llama.cpp cannot load {path}: {one_line(str(exc))}") from exc
+                reason = one_line(str(exc), REASON_LIMIT)
+                raise ConfigError(f"llm.gguf: llama.cpp cannot load {path}: {reason}") from exc
         return self._llama
 
     def complete(self, request: LLMRequest) -> Completion:
@@ -310,7 +308,7 @@ class LlamaCppBackend:
                     seed=0,
                 )
             except (ValueError, RuntimeError) as exc:
-                raise BackendError(f"llama_cpp: {one_line(str(exc))}") from exc
+                raise BackendError(f"llama_cpp: {one_line(str(exc), REASON_LIMIT)}") from exc
         response = cast(dict[str, Any], result)
         choice = response["choices"][0]
         usage = response.get("usage") or {}

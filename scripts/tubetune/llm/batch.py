@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from tubetune.errors import TubetuneError
+from tubetune.errors import TubetuneError, one_line
 from tubetune.jsonio import atomic_write_text, canonical_json, read_json, write_json
 from tubetune.llm.backends import (
     ANTHROPIC_KEY_ENV,
+    REASON_LIMIT,
     USAGE_FIELDS,
     AnthropicBackend,
     BackendError,
@@ -47,10 +48,9 @@ from tubetune.llm.backends import (
     MissingCredentialsError,
     anthropic_usage,
     message_params,
-    one_line,
 )
 from tubetune.llm.cache import CachedResponse
-from tubetune.llm.client import ExtraCheck, LLMClient
+from tubetune.llm.client import ExtraCheck, LLMClient, Resolution
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
 
@@ -189,10 +189,20 @@ def run_batch_pass(
         client=client,
         counts=PassCounts(requests=len(planned)),
     )
+    _send_until_answered(run, planned, api)
+    resolutions = _final_resolutions(run, planned)
+    return _report(run, resolutions, time.monotonic() - started)
+
+
+def _send_until_answered(
+    run: _PassRun, planned: Sequence[PlannedRequest], api: anthropic.Anthropic | None
+) -> None:
+    """Rounds of sending what the cache lacks and collecting the results, until nothing is needed or
+    in flight."""
     counts = run.counts
     first_round = True
     while True:
-        needed, done_from_cache = _needed(planned, client, run.quarantined)
+        needed, done_from_cache = _needed(planned, run.client, run.quarantined)
         in_flight = run.state.in_flight()
         if first_round:
             counts.cache_hits = done_from_cache
@@ -200,7 +210,7 @@ def run_batch_pass(
             logger.info(
                 "pass %s: %d requests, %d resolved from the cache, %d need a reply (%d of them in the "
                 "%d batches still open)",
-                pass_name,
+                run.name,
                 len(planned),
                 done_from_cache,
                 len(needed),
@@ -210,9 +220,9 @@ def run_batch_pass(
             first_round = False
         to_send = [r for key, r in needed.items() if key not in in_flight and key not in run.canceled]
         if not to_send and not run.state.batches:
-            break
+            return
         if run.connection is None:
-            run.connection = _Connection(client, api)
+            run.connection = _Connection(run.client, api)
         if to_send:
             counts.rounds += 1
             counts.reasks += sum(1 for r in to_send if len(r.messages) > 1)
@@ -221,23 +231,32 @@ def run_batch_pass(
             counts.batches += _submit(to_send, run)
         _poll_and_collect(run)
 
+
+def _final_resolutions(run: _PassRun, planned: Sequence[PlannedRequest]) -> list[Resolution]:
+    """Where every planned request ends in the cache; a BatchPassError if one still has no reply."""
     unresolved = run.canceled - set(run.quarantined)
     if unresolved:
         raise BatchPassError(
-            f"pass {pass_name}: {len(unresolved)} request(s) were in a canceled batch and got no reply; "
+            f"pass {run.name}: {len(unresolved)} request(s) were in a canceled batch and got no reply; "
             "run again to send them in a new batch"
         )
-    resolutions = [client.resolve(item.request, item.validate) for item in planned]
+    resolutions = [run.client.resolve(item.request, item.validate) for item in planned]
     unanswered = [r for r in resolutions if r.missing is not None and r.missing.key() not in run.quarantined]
     if unanswered:
         raise BatchPassError(
-            f"pass {pass_name}: {len(unanswered)} request(s) still without a reply; run again"
+            f"pass {run.name}: {len(unanswered)} request(s) still without a reply; run again"
         )
+    return resolutions
+
+
+def _report(run: _PassRun, resolutions: Sequence[Resolution], wall_s: float) -> dict[str, Any]:
+    """The pass's report: its usage record, what the rounds did and the quarantined cache keys."""
+    counts, settings = run.counts, run.client.settings
     # valid reply / every re-ask invalid / quarantined by the batch API
     outcomes = Counter("valid" if r.result else "invalid" if r.error else "quarantined" for r in resolutions)
     logger.info(
         "pass %s done: %d batches, %d requests sent in %d rounds, results %s, %d quarantined",
-        pass_name,
+        run.name,
         counts.batches,
         counts.submitted,
         counts.rounds,
@@ -245,11 +264,11 @@ def run_batch_pass(
         len(run.quarantined),
     )
     return {
-        "pass": pass_name,
+        "pass": run.name,
         "mode": "batch",
-        "backend": client.settings.backend,
-        "model": client.settings.request_model,
-        "job": f"batch/{pass_name}",
+        "backend": settings.backend,
+        "model": settings.request_model,
+        "job": f"batch/{run.name}",
         "requests": counts.requests,
         "cache_hits": counts.cache_hits,
         "calls": counts.results["succeeded"],
@@ -262,7 +281,7 @@ def run_batch_pass(
         "resumed_in_flight": counts.resumed,
         "results": dict(counts.results),
         **{name: int(counts.usage.get(name, 0)) for name in USAGE_FIELDS},
-        "wall_s": round(time.monotonic() - started, 3),
+        "wall_s": round(wall_s, 3),
         "quarantined": dict(sorted(run.quarantined.items())),
     }
 
@@ -342,7 +361,8 @@ def _submit(requests: Sequence[LLMRequest], run: _PassRun) -> int:
         except Exception as exc:
             del state.batches[local_id]
             state.save()
-            raise BackendError(f"anthropic: creating a Message Batch failed: {one_line(str(exc))}") from exc
+            reason = one_line(str(exc), REASON_LIMIT)
+            raise BackendError(f"anthropic: creating a Message Batch failed: {reason}") from exc
         entry["id"] = batch.id
         state.save()
         created += 1
@@ -481,7 +501,7 @@ def _error_of(result: Any) -> tuple[str, str]:
     error = getattr(result, "error", None)
     inner = getattr(error, "error", error)
     kind = str(getattr(inner, "type", "error"))
-    return kind, one_line(str(getattr(inner, "message", "") or ""))
+    return kind, one_line(str(getattr(inner, "message", "") or ""), REASON_LIMIT)
 
 
 # --------------------------------------------------------------------------------------- per-video rules
@@ -509,3 +529,9 @@ class BatchResultBackend:
             f"request {key} has no reply in the cache after the batch pass ({self.report_path}); "
             "run the workflow again"
         )
+
+
+def job_client(llm: LLMSettings, batch_report: str | Path | None) -> LLMClient:
+    """The client of a per-video LLM job: it calls the backend on a cache miss, or with
+    ``batch_report`` (``llm.mode: batch``) answers from the replies the batch pass stored."""
+    return LLMClient(llm, backend=BatchResultBackend(batch_report) if batch_report else None)

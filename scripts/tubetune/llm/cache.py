@@ -84,6 +84,12 @@ class ResponseCache:
 
 
 def iter_entries(directory: str | Path) -> Iterator[dict[str, Any]]:
-    """Every entry stored under ``directory`` (for statistics and tests)."""
+    """Every entry stored under ``directory`` in key order; an unreadable one is skipped with a warning."""
     for path in sorted(Path(directory).glob("??/*.json")):
-        yield json.loads(path.read_text(encoding="utf-8"))
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            logger.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+            continue
+        if isinstance(entry, dict):
+            yield entry

@@ -25,10 +25,11 @@ import jsonschema
 from jsonschema.protocols import Validator
 from tqdm import tqdm
 
-from tubetune.errors import TubetuneError
+from tubetune.errors import TubetuneError, one_line
 from tubetune.jsonio import canonical_json
 from tubetune.llm.backends import (
     ANTHROPIC_KEY_ENV,
+    REASON_LIMIT,
     AnthropicBackend,
     Backend,
     BackendError,
@@ -60,7 +61,6 @@ REASK_TEMPLATE = (
     "Reply again with only the JSON object that matches the schema."
 )
 EMPTY_REPLY = "(empty reply)"
-REASON_LIMIT = 300
 
 ExtraCheck = Callable[[Any], None]
 
@@ -111,11 +111,6 @@ class Resolution:
     attempts: int = 0
 
 
-def _one_line(text: str, limit: int = REASON_LIMIT) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def parse_json(text: str) -> Any:
     """Parse a reply as JSON (a Markdown code fence around it is tolerated); ValueError with the reason."""
     stripped = text.strip()
@@ -143,7 +138,7 @@ def schema_error(validator: Validator, data: Any) -> str | None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is None:
         return None
-    return _one_line(f"{error.message} at {_json_path(error)}")
+    return one_line(f"{error.message} at {_json_path(error)}", REASON_LIMIT)
 
 
 class LLMClient:
@@ -271,7 +266,7 @@ class LLMClient:
             try:
                 data = self._check(response, validator, validate)
             except ValueError as exc:
-                reason = _one_line(str(exc))
+                reason = one_line(str(exc), REASON_LIMIT)
                 if call:
                     logger.info(
                         "request %s: invalid reply (attempt %d): %s", current.key()[:12], attempt, reason

@@ -115,3 +115,8 @@ def request_tokens(request: LLMRequest) -> int:
         + sum(count_tokens(message.content) for message in request.messages)
         + count_tokens(canonical_json(request.output_schema))
     )
+
+
+def money(value: float | None) -> str:
+    """Dollars for tables: "$0.0123" (4 decimals under a dollar), "$12.34", or "unknown" for None."""
+    return "unknown" if value is None else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"

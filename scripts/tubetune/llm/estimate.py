@@ -1,6 +1,6 @@
 """What the next run's LLM passes would cost, before it runs: no API key, no network.
 
-:func:`estimate_step` renders every request the next run would send and looks each one up in the
+:func:`estimate` renders every request the next run would send and looks each one up in the
 response cache, walking its re-ask chain (:meth:`LLMClient.resolve`):
 
 - pass ``questions``: one extraction request per chunk;
@@ -18,15 +18,15 @@ the ratio real / counted over cache entries that a real API call wrote for the s
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from tubetune.config import settings_from
 from tubetune.generate.answers import PLACEHOLDERS as ANSWER_PLACEHOLDERS
 from tubetune.generate.answers import answer_request, check_answers
 from tubetune.generate.chunk import Chunk
@@ -35,12 +35,14 @@ from tubetune.generate.questions import PLACEHOLDERS as QUESTION_PLACEHOLDERS
 from tubetune.generate.questions import Question, QuestionSettings, check_record, extraction_plan, load_chunks
 from tubetune.jsonio import atomic_write_text, write_json
 from tubetune.llm.backends import uses_prompt_cache
+from tubetune.llm.cache import iter_entries
 from tubetune.llm.client import LLMClient, Resolution, parse_json
 from tubetune.llm.cost import (
     TOKEN_COUNTER,
     Price,
     count_tokens,
     dollars,
+    money,
     price_for,
     price_table,
     request_tokens,
@@ -107,25 +109,13 @@ def _pass_of(request: LLMRequest) -> str | None:
     return next((name for name in PASSES if name in properties), None)
 
 
-def _cache_entries(directories: Sequence[str]) -> Iterator[dict[str, Any]]:
-    for directory in directories:
-        for path in sorted(Path(directory).glob("??/*.json")):
-            try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                logger.warning("ignoring unreadable cache entry %s (%s)", path, exc)
-                continue
-            if isinstance(entry, dict):
-                yield entry
-
-
 def cache_facts(llm: LLMSettings) -> CacheFacts:
     """Calibration and output lengths from the cache entries that real API calls wrote for this model."""
     entries = real = counted = 0
     output_tokens = dict.fromkeys(PASSES, 0)
     output_questions = dict.fromkeys(PASSES, 0)
     seen: set[str] = set()
-    for entry in _cache_entries(llm.cache_dirs()):
+    for entry in (e for directory in llm.cache_dirs() for e in iter_entries(directory)):
         if entry.get("origin", "backend") not in REAL_ORIGINS or entry.get("key") in seen:
             continue
         seen.add(str(entry.get("key")))
@@ -166,25 +156,29 @@ def _placeholder_questions(chunk: Chunk, n_questions: int, prompt_hash: str) -> 
 
 def _tally(tally: PassTally, resolution: Resolution, n_questions: int, per_question: float, cap: int) -> None:
     """Count one request of a pass: a hit (valid or exhausted in the cache) or the miss it would send."""
-    tally.requests += 1
     if resolution.missing is None:
+        tally.requests += 1
         tally.hits += 1
         if resolution.error is not None:
             tally.quarantined_in_cache += 1
         return
-    tally.misses += 1
     if len(resolution.missing.messages) > 1:
         tally.reask_misses += 1
-    tally.counted_input_tokens += request_tokens(resolution.missing)
-    tally.questions_in_misses += n_questions
-    tally.counted_output_tokens += min(per_question * n_questions, cap)
+    _count_miss(tally, resolution.missing, n_questions, per_question, cap)
 
 
 def _project(tally: PassTally, request: LLMRequest, n_questions: int, per_question: float, cap: int) -> None:
     """Count a projected miss: a request whose content depends on a reply not cached yet."""
+    tally.projected += 1
+    _count_miss(tally, request, n_questions, per_question, cap)
+
+
+def _count_miss(
+    tally: PassTally, request: LLMRequest, n_questions: int, per_question: float, cap: int
+) -> None:
+    """Count a miss: its input tokens and the output tokens expected for ``n_questions`` (at most ``cap``)."""
     tally.requests += 1
     tally.misses += 1
-    tally.projected += 1
     tally.counted_input_tokens += request_tokens(request)
     tally.questions_in_misses += n_questions
     tally.counted_output_tokens += min(per_question * n_questions, cap)
@@ -228,31 +222,58 @@ def _sum_dollars(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else round(sum(v for v in values if v is not None), 6)
 
 
-def estimate(
+def estimate_passes(
     chunks: Sequence[Chunk],
     questions_prompt: PromptTemplate,
     answers_prompt: PromptTemplate,
-    llm_config: Mapping[str, Any],
-    question_config: Mapping[str, Any],
+    llm: LLMSettings,
+    settings: QuestionSettings,
 ) -> dict[str, Any]:
     """The estimate of the questions and answers passes over ``chunks`` (the content of estimate.json)."""
-    llm = LLMSettings.from_config(llm_config)
-    settings = QuestionSettings.from_config(question_config)
-    client = LLMClient(llm)
     facts = cache_facts(llm)
-    ratio = facts.ratio or 1.0
-    per_question = {name: facts.per_question(name) for name in PASSES}
+    tallies = _tally_passes(chunks, questions_prompt, answers_prompt, llm, settings, facts)
+    price = price_for(price_table(llm.prices), llm.backend, llm.request_model)
+    passes = {
+        name: _pass_summary(name, tallies[name], prompt, llm, facts, price)
+        for name, prompt in (("questions", questions_prompt), ("answers", answers_prompt))
+    }
+    result: dict[str, Any] = {
+        "backend": llm.backend,
+        "model": llm.request_model,
+        "mode": "batch" if llm.batch else "online",
+        "chunks": len(chunks),
+        "price": None if price is None else vars(price),
+        "token_counter": TOKEN_COUNTER,
+        "calibration": _calibration(facts, llm),
+        "passes": passes,
+        "totals": _totals(passes, llm),
+    }
+    result["caveats"] = caveats(result)
+    return result
+
+
+def _tally_passes(
+    chunks: Sequence[Chunk],
+    questions_prompt: PromptTemplate,
+    answers_prompt: PromptTemplate,
+    llm: LLMSettings,
+    settings: QuestionSettings,
+    facts: CacheFacts,
+) -> dict[str, PassTally]:
+    """Every request of both passes resolved through the cache: the real answer request of a chunk whose
+    questions are cached, a projected one for a chunk whose extraction is a miss."""
+    client = LLMClient(llm)
+    per_question = {name: facts.per_question(name)[0] for name in PASSES}
     tallies = {name: PassTally() for name in PASSES}
     cap = llm.max_tokens
-
     plan = extraction_plan(chunks, questions_prompt, settings, llm)
     for chunk, n_questions, request in tqdm(plan, desc="estimate", unit="chunk", disable=len(plan) < 50):
         extraction = client.resolve(request)
-        _tally(tallies["questions"], extraction, n_questions, per_question["questions"][0], cap)
+        _tally(tallies["questions"], extraction, n_questions, per_question["questions"], cap)
         if extraction.missing is not None:
             placeholders = _placeholder_questions(chunk, n_questions, questions_prompt.hash)
             projected = answer_request(chunk, placeholders, answers_prompt, llm)
-            _project(tallies["answers"], projected, n_questions, per_question["answers"][0], cap)
+            _project(tallies["answers"], projected, n_questions, per_question["answers"], cap)
             continue
         if extraction.result is None:
             continue  # every reply invalid: the chunk is quarantined, no answer request
@@ -268,39 +289,50 @@ def estimate(
             answers = client.resolve(
                 answer_request(chunk, kept, answers_prompt, llm), check_answers(len(kept))
             )
-            _tally(tallies["answers"], answers, len(kept), per_question["answers"][0], cap)
+            _tally(tallies["answers"], answers, len(kept), per_question["answers"], cap)
+    return tallies
 
-    prices = price_table(llm_config.get("prices"))
-    price = price_for(prices, llm.backend, llm.request_model)
-    passes: dict[str, dict[str, Any]] = {}
-    for name, prompt in (("questions", questions_prompt), ("answers", answers_prompt)):
-        tally = tallies[name]
-        probe = LLMRequest(llm.backend, llm.request_model, prompt.system, (), {}, llm.max_tokens)
-        tally.prompt_cache = llm.backend == "anthropic" and uses_prompt_cache(probe, llm)
-        tally.system_tokens = round(count_tokens(prompt.system) * ratio)
-        input_tokens = round(tally.counted_input_tokens * ratio)
-        output_tokens = round(tally.counted_output_tokens)
-        caching, online, batch = _pass_dollars(tally, input_tokens, output_tokens, price)
-        passes[name] = {
-            "requests": tally.requests,
-            "hits": tally.hits,
-            "misses": tally.misses,
-            "projected": tally.projected,
-            "reask_misses": tally.reask_misses,
-            "quarantined_in_cache": tally.quarantined_in_cache,
-            "input_tokens": input_tokens,
-            "counted_input_tokens": tally.counted_input_tokens,
-            "questions_in_misses": tally.questions_in_misses,
-            "expected_output_tokens": output_tokens,
-            "output_tokens_per_question": round(per_question[name][0], 1),
-            "output_tokens_source": per_question[name][1],
-            "system_prompt_tokens": tally.system_tokens,
-            "prompt_caching": tally.prompt_cache,
-            "prompt_caching_note": _note_cache(tally, prompt.system, llm),
-            **caching,
-            "dollars_online": online,
-            "dollars_batch": batch,
-        }
+
+def _pass_summary(
+    name: str,
+    tally: PassTally,
+    prompt: PromptTemplate,
+    llm: LLMSettings,
+    facts: CacheFacts,
+    price: Price | None,
+) -> dict[str, Any]:
+    """Pass ``name`` in estimate.json: requests, hits and misses, calibrated tokens and dollars."""
+    ratio = facts.ratio or 1.0
+    per_question, source = facts.per_question(name)
+    probe = LLMRequest(llm.backend, llm.request_model, prompt.system, (), {}, llm.max_tokens)
+    tally.prompt_cache = llm.backend == "anthropic" and uses_prompt_cache(probe, llm)
+    tally.system_tokens = round(count_tokens(prompt.system) * ratio)
+    input_tokens = round(tally.counted_input_tokens * ratio)
+    output_tokens = round(tally.counted_output_tokens)
+    caching, online, batch = _pass_dollars(tally, input_tokens, output_tokens, price)
+    return {
+        "requests": tally.requests,
+        "hits": tally.hits,
+        "misses": tally.misses,
+        "projected": tally.projected,
+        "reask_misses": tally.reask_misses,
+        "quarantined_in_cache": tally.quarantined_in_cache,
+        "input_tokens": input_tokens,
+        "counted_input_tokens": tally.counted_input_tokens,
+        "questions_in_misses": tally.questions_in_misses,
+        "expected_output_tokens": output_tokens,
+        "output_tokens_per_question": round(per_question, 1),
+        "output_tokens_source": source,
+        "system_prompt_tokens": tally.system_tokens,
+        "prompt_caching": tally.prompt_cache,
+        "prompt_caching_note": _note_cache(tally, prompt.system, llm),
+        **caching,
+        "dollars_online": online,
+        "dollars_batch": batch,
+    }
+
+
+def _totals(passes: Mapping[str, Mapping[str, Any]], llm: LLMSettings) -> dict[str, Any]:
     totals: dict[str, Any] = {
         key: sum(p[key] for p in passes.values())
         for key in ("requests", "hits", "misses", "projected", "input_tokens", "expected_output_tokens")
@@ -308,29 +340,21 @@ def estimate(
     totals["dollars_online"] = _sum_dollars([p["dollars_online"] for p in passes.values()])
     totals["dollars_batch"] = _sum_dollars([p["dollars_batch"] for p in passes.values()])
     totals["dollars"] = totals["dollars_batch"] if llm.batch else totals["dollars_online"]
-    result: dict[str, Any] = {
-        "backend": llm.backend,
-        "model": llm.request_model,
-        "mode": "batch" if llm.batch else "online",
-        "chunks": len(chunks),
-        "price": None if price is None else vars(price),
-        "token_counter": TOKEN_COUNTER,
-        "calibration": {
-            "entries": facts.entries,
-            "ratio": None if facts.ratio is None else round(facts.ratio, 4),
-            "applied": facts.ratio is not None,
-            "note": (
-                f"offline counts multiplied by {facts.ratio:.3f}, the ratio real / counted input tokens "
-                f"over {facts.entries} cache entries written by API calls for {llm.request_model}"
-                if facts.ratio is not None
-                else f"no cache entry written by an API call for {llm.request_model}: counts uncorrected"
-            ),
-        },
-        "passes": passes,
-        "totals": totals,
+    return totals
+
+
+def _calibration(facts: CacheFacts, llm: LLMSettings) -> dict[str, Any]:
+    return {
+        "entries": facts.entries,
+        "ratio": None if facts.ratio is None else round(facts.ratio, 4),
+        "applied": facts.ratio is not None,
+        "note": (
+            f"offline counts multiplied by {facts.ratio:.3f}, the ratio real / counted input tokens "
+            f"over {facts.entries} cache entries written by API calls for {llm.request_model}"
+            if facts.ratio is not None
+            else f"no cache entry written by an API call for {llm.request_model}: counts uncorrected"
+        ),
     }
-    result["caveats"] = caveats(result)
-    return result
 
 
 def caveats(result: Mapping[str, Any]) -> list[str]:
@@ -361,10 +385,6 @@ def caveats(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
-
-
 def render_estimate(result: Mapping[str, Any]) -> str:
     """estimate.md: a table per pass, the total and the caveats."""
     totals = result["totals"]
@@ -373,7 +393,7 @@ def render_estimate(result: Mapping[str, Any]) -> str:
         "",
         f"{result['backend']}/{result['model']}, mode {result['mode']}, {result['chunks']} chunks. "
         f"Next run: {totals['misses']:,} of {totals['requests']:,} requests are cache misses, "
-        f"expected cost {_money(totals['dollars'])} ({result['mode']}).",
+        f"expected cost {money(totals['dollars'])} ({result['mode']}).",
         "",
         "| pass | requests | hits | misses | projected | input tokens | expected output tokens "
         "| online | batch |",
@@ -383,40 +403,40 @@ def render_estimate(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| {name} | {data['requests']:,} | {data['hits']:,} | {data['misses']:,} "
             f"| {data['projected']:,} | {data['input_tokens']:,} | {data['expected_output_tokens']:,} "
-            f"| {_money(data['dollars_online'])} | {_money(data['dollars_batch'])} |"
+            f"| {money(data['dollars_online'])} | {money(data['dollars_batch'])} |"
         )
     lines += ["", "## Caveats", ""]
     lines += [f"- {line}" for line in result["caveats"]]
     return "\n".join(lines) + "\n"
 
 
-def estimate_step(
+def estimate(
     chunk_paths: Sequence[str | Path],
     questions_prompt: str | Path,
     answers_prompt: str | Path,
     llm_config: Mapping[str, Any],
     question_config: Mapping[str, Any],
-    out_json: str | Path,
-    out_md: str | Path,
+    estimate_json: str | Path,
+    estimate_md: str | Path,
 ) -> dict[str, Any]:
-    """Estimate the next run's LLM cost from the chunk files into ``out_json`` and ``out_md``."""
-    chunks = [chunk for path in chunk_paths for chunk in load_chunks(path)]
-    result = estimate(
-        chunks,
+    """Rule ``estimate``: the next run's LLM cost from the chunk files into ``estimate_json`` and
+    ``estimate_md``."""
+    result = estimate_passes(
+        load_chunks(*chunk_paths),
         load_prompt(questions_prompt, QUESTION_PLACEHOLDERS),
         load_prompt(answers_prompt, ANSWER_PLACEHOLDERS),
-        llm_config,
-        question_config,
+        settings_from(LLMSettings, llm_config, "llm"),
+        settings_from(QuestionSettings, question_config, "questions"),
     )
-    write_json(out_json, result)
-    atomic_write_text(out_md, render_estimate(result))
+    write_json(estimate_json, result)
+    atomic_write_text(estimate_md, render_estimate(result))
     totals = result["totals"]
     logger.info(
         "estimate: %d requests, %d misses (%d projected), %s online, %s batch",
         totals["requests"],
         totals["misses"],
         totals["projected"],
-        _money(totals["dollars_online"]),
-        _money(totals["dollars_batch"]),
+        money(totals["dollars_online"]),
+        money(totals["dollars_batch"]),
     )
     return result

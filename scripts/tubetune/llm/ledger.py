@@ -1,7 +1,7 @@
 """The LLM ledger: what the run's LLM jobs did and cost, per pass and mode, from their usage records.
 
 Every LLM job (one per-video rule run, or one batch pass) writes one usage record (a JSON
-object). :func:`ledger_step` sums them per (pass, mode) into ``ledger.json`` and a readable
+object). :func:`llm_ledger` sums them per (pass, mode) into ``ledger.json`` and a readable
 ``ledger.md``. Dollars come from ``llm.prices``: a batch-mode record is billed at the model's
 ``batch_discount``, local (llama_cpp) records cost nothing, and a model with no price makes the
 dollars of its row, and of the total, unknown (null).
@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tubetune.errors import InputFileError
-from tubetune.jsonio import atomic_write_text, read_json, write_json
-from tubetune.llm.cost import dollars, price_for, price_table
+from tubetune.jsonio import atomic_write_text, json_lines, read_json, write_json
+from tubetune.llm.cost import dollars, money, price_for, price_table
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,7 @@ def read_records(paths: Iterable[str | Path]) -> list[UsageRecord]:
             continue
         except json.JSONDecodeError:
             pass
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        for number, data in json_lines(text.splitlines(), str(path)):
             records.append(UsageRecord.parse(data, f"{path}:{number}"))
     return records
 
@@ -116,14 +110,17 @@ def _add(row: dict[str, Any], record: UsageRecord, cost: float | None) -> None:
         row["models"].append(label)
 
 
-def build_ledger(records: Sequence[UsageRecord], llm_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ledger of ``records``: one row per (pass, mode) in order of appearance, and a total row."""
-    prices = price_table(llm_config.get("prices"))
+def build_ledger(
+    records: Sequence[UsageRecord], prices: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The ledger of ``records`` priced by ``prices`` (``llm.prices``): one row per (pass, mode) in
+    order of appearance, and a total row."""
+    table = price_table(prices)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     total = _empty_row("total", "")
     unpriced: list[str] = []
     for record in records:
-        price = price_for(prices, record.backend, record.model)
+        price = price_for(table, record.backend, record.model)
         cost: float | None
         if price is not None:
             cost = dollars(
@@ -156,10 +153,6 @@ def build_ledger(records: Sequence[UsageRecord], llm_config: Mapping[str, Any]) 
     }
 
 
-def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
-
-
 def render_ledger(ledger: Mapping[str, Any]) -> str:
     """ledger.md: a table per (pass, mode) and one line naming the total dollars."""
     header = (
@@ -173,7 +166,7 @@ def render_ledger(ledger: Mapping[str, Any]) -> str:
             f"| {name} | {row['mode']} | {row['jobs']} | {row['requests']:,} | {row['cache_hits']:,} "
             f"| {row['calls']:,} | {row['reasks']:,} | {row['batches']:,} | {row['input_tokens']:,} "
             f"| {row['output_tokens']:,} | {row['cache_read_input_tokens']:,} "
-            f"| {row['cache_creation_input_tokens']:,} | {_money(row['dollars'])} | {row['wall_s']:,.1f} |"
+            f"| {row['cache_creation_input_tokens']:,} | {money(row['dollars'])} | {row['wall_s']:,.1f} |"
         )
     lines += ["", total_line(ledger), "", f"Note: {ledger['note']}."]
     return "\n".join(lines) + "\n"
@@ -189,20 +182,21 @@ def total_line(ledger: Mapping[str, Any]) -> str:
             f"Total dollars unknown: no price for {models} (add it to llm.prices); "
             f"{total['calls']:,} calls, {tokens}."
         )
-    return f"Total: {_money(total['dollars'])} for {total['calls']:,} LLM calls ({tokens})."
+    return f"Total: {money(total['dollars'])} for {total['calls']:,} LLM calls ({tokens})."
 
 
-def ledger_step(
+def llm_ledger(
     record_paths: Iterable[str | Path],
-    llm_config: Mapping[str, Any],
-    out_json: str | Path,
-    out_md: str | Path,
+    prices: Mapping[str, Mapping[str, Any]],
+    ledger_json: str | Path,
+    ledger_md: str | Path,
 ) -> dict[str, Any]:
-    """Sum the usage records into ``out_json`` (ledger.json) and ``out_md`` (ledger.md)."""
+    """Rule ``llm_ledger``: the usage records summed and priced by ``prices`` (``llm.prices``) into
+    ``ledger_json`` and ``ledger_md``."""
     records = read_records(record_paths)
-    ledger = build_ledger(records, llm_config)
-    write_json(out_json, ledger)
-    atomic_write_text(out_md, render_ledger(ledger))
+    ledger = build_ledger(records, prices)
+    write_json(ledger_json, ledger)
+    atomic_write_text(ledger_md, render_ledger(ledger))
     logger.info("%d usage records. %s", len(records), total_line(ledger))
     return ledger
 

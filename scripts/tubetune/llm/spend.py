@@ -1,7 +1,7 @@
 """What the LLM calls behind the dataset cost, as the dataset statistics and the evaluation report show it.
 
 The figures are the total row of the LLM ledger (``results/llm/ledger.json``, written by
-:func:`tubetune.llm.ledger.ledger_step`); the ledger's ``ledger.md`` has them per pass and mode.
+:func:`tubetune.llm.ledger.llm_ledger`); the ledger's ``ledger.md`` has them per pass and mode.
 """
 
 from __future__ import annotations

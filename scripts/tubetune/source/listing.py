@@ -22,14 +22,15 @@ from urllib.parse import parse_qs, urlparse
 import yt_dlp
 from yt_dlp.utils import DownloadError
 
-from tubetune.errors import ConfigError, InputFileError, TubetuneError
+from tubetune.errors import ConfigError, InputFileError, TubetuneError, one_line
 from tubetune.jsonio import atomic_write_text, write_json
 from tubetune.source.local import scan_transcripts_dir, transcripts_folder
 from tubetune.source.models import (
     Channel,
+    FetchSettings,
     FilteredVideo,
     Listing,
-    SourceSettings,
+    ListSettings,
     Video,
     is_video_id,
     watch_url,
@@ -71,7 +72,7 @@ class YtDlpLogger:
         self._log.info("yt-dlp: %s", message)
 
 
-def ydl_params(settings: SourceSettings, **extra: Any) -> dict[str, Any]:
+def ydl_params(settings: ListSettings | FetchSettings, **extra: Any) -> dict[str, Any]:
     """yt-dlp options shared by listing and caption fetching: timeouts, retries, cookies, proxy."""
     backoff = settings.backoff_s
     params: dict[str, Any] = {
@@ -131,7 +132,7 @@ def channel_url(channel: str) -> str:
     )
 
 
-def fetch_listing(settings: SourceSettings) -> dict[str, Any]:
+def fetch_listing(settings: ListSettings) -> dict[str, Any]:
     """List the channel online with yt-dlp flat extraction."""
     if not settings.channel:
         raise ConfigError("config error: source.channel must be set when source.type is youtube")
@@ -152,12 +153,12 @@ def fetch_listing(settings: SourceSettings) -> dict[str, Any]:
     return dict(info)
 
 
-def replay_listing(path: str | Path, settings: SourceSettings) -> dict[str, Any]:
+def replay_listing(path: str | Path, settings: ListSettings) -> dict[str, Any]:
     """Replay a saved ``yt-dlp --flat-playlist -J`` listing through yt-dlp, offline."""
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"source.listing {path}: cannot read JSON ({_one_line(str(exc))})") from None
+        raise InputFileError(f"source.listing {path}: cannot read JSON ({one_line(str(exc))})") from None
     if not isinstance(saved, dict) or saved.get("_type") != "playlist" or not isinstance(
         saved.get("entries"), list
     ):
@@ -170,7 +171,7 @@ def replay_listing(path: str | Path, settings: SourceSettings) -> dict[str, Any]
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.process_ie_result(saved, download=False)
     except DownloadError as exc:
-        message = _one_line(str(exc))
+        message = one_line(str(exc))
         raise InputFileError(f"source.listing {path}: yt-dlp cannot replay it: {message}") from None
     logger.info("replayed %s (%d entries)", path, len(info.get("entries") or []))
     return dict(info)
@@ -214,7 +215,7 @@ def candidates_from_info(info: Mapping[str, Any]) -> tuple[list[Candidate], list
     dropped: list[FilteredVideo] = []
     for entry in iter_entries(info):
         video_id = str(entry.get("id") or "")
-        title = _one_line(str(entry.get("title") or video_id))
+        title = one_line(str(entry.get("title") or video_id))
         url = str(entry.get("url") or "")
         ie_key = entry.get("ie_key")
         if ie_key not in (None, "Youtube") or not is_video_id(video_id):
@@ -267,7 +268,7 @@ def compile_title_regex(pattern: str | None, key: str) -> re.Pattern[str] | None
         raise ConfigError(f"config error: source.{key} is not a valid regular expression ({exc})") from None
 
 
-def filter_reason(candidate: Candidate, settings: SourceSettings) -> str | None:
+def filter_reason(candidate: Candidate, settings: ListSettings) -> str | None:
     """Why a video is dropped by the content filters, or None to keep it (max_videos comes later)."""
     video = candidate.video
     duration = video.duration
@@ -291,7 +292,7 @@ def filter_reason(candidate: Candidate, settings: SourceSettings) -> str | None:
 
 def apply_filters(
     candidates: Sequence[Candidate],
-    settings: SourceSettings,
+    settings: ListSettings,
     has_transcript: Callable[[str], bool] | None = None,
 ) -> tuple[list[Video], list[FilteredVideo]]:
     """Keep at most ``max_videos`` videos (listed order) that pass the filters; the rest with reasons."""
@@ -316,7 +317,7 @@ def apply_filters(
 # --------------------------------------------------------------------------- the step
 
 
-def select_videos(settings: SourceSettings) -> tuple[Listing, list[FilteredVideo]]:
+def select_videos(settings: ListSettings) -> tuple[Listing, list[FilteredVideo]]:
     """The selected videos and the filtered ones, for either source type."""
     if settings.type == "youtube":
         info = replay_listing(settings.listing, settings) if settings.listing else fetch_listing(settings)
@@ -350,8 +351,8 @@ def write_filtered_tsv(path: str | Path, rows: Sequence[FilteredVideo]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def list_videos(settings: SourceSettings, selected_path: str | Path, filtered_path: str | Path) -> Listing:
-    """Step 1: write ``selected.json`` and ``filtered.tsv``."""
+def write_listing(settings: ListSettings, selected_path: str | Path, filtered_path: str | Path) -> Listing:
+    """Step 1: write ``selected.json`` and ``filtered.tsv``; an error if no video is left."""
     listing, filtered = select_videos(settings)
     write_json(selected_path, listing.model_dump(mode="json"))
     write_filtered_tsv(filtered_path, filtered)
@@ -374,12 +375,8 @@ def list_videos(settings: SourceSettings, selected_path: str | Path, filtered_pa
 
 def ytdlp_message(exc: BaseException) -> str:
     """A yt-dlp error as one short line (no "ERROR:" prefix, no repeated "(caused by ...)" tail)."""
-    return _one_line(str(exc)).removeprefix("ERROR: ").split(" (caused by ")[0]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(str(exc)).removeprefix("ERROR: ").split(" (caused by ")[0]
 
 
 def _cell(text: str) -> str:
-    return _one_line(text.replace("\t", " "))
+    return one_line(text.replace("\t", " "))

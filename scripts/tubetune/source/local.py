@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import webvtt
@@ -157,26 +157,32 @@ def parse_srt(text: str, name: str) -> list[Snippet]:
     for number, line in enumerate(text.splitlines(), start=1):
         if "-->" in line and not _SRT_TIMING.match(line):
             raise TranscriptFileError(f"{name}: line {number}: malformed SRT cue timing {line.strip()!r}")
-    try:
-        captions = webvtt.from_buffer(io.StringIO(text.lstrip()), format="srt").captions
-    except MalformedFileError:
-        raise TranscriptFileError(
-            f"{name}: malformed SRT (expected a cue number, then 'HH:MM:SS,mmm --> HH:MM:SS,mmm')"
-        ) from None
-    except MalformedCaptionError as exc:
-        raise TranscriptFileError(f"{name}: malformed SRT cue: {exc}") from None
-    return captions_to_snippets(captions)
+    return _read_captions(
+        lambda: webvtt.from_buffer(io.StringIO(text.lstrip()), format="srt").captions,
+        lambda _: f"{name}: malformed SRT (expected a cue number, then 'HH:MM:SS,mmm --> HH:MM:SS,mmm')",
+        f"{name}: malformed SRT cue",
+    )
 
 
 def parse_vtt(text: str, name: str) -> list[Snippet]:
+    return _read_captions(
+        lambda: webvtt.from_string(text.lstrip(), strict=True).captions,
+        lambda exc: f"{name}: malformed WebVTT, the first line must be 'WEBVTT' ({exc})",
+        f"{name}: malformed WebVTT cue",
+    )
+
+
+def _read_captions(
+    read: Callable[[], Iterable[webvtt.Caption]], bad_file: Callable[[Exception], str], bad_cue: str
+) -> list[Snippet]:
+    """Snippets of the captions ``read()`` parses; a malformed file raises ``bad_file(error)``, a
+    malformed cue ``bad_cue: <error>``."""
     try:
-        captions = webvtt.from_string(text.lstrip(), strict=True).captions
+        captions = read()
     except MalformedFileError as exc:
-        raise TranscriptFileError(
-            f"{name}: malformed WebVTT, the first line must be 'WEBVTT' ({exc})"
-        ) from None
+        raise TranscriptFileError(bad_file(exc)) from None
     except MalformedCaptionError as exc:
-        raise TranscriptFileError(f"{name}: malformed WebVTT cue: {exc}") from None
+        raise TranscriptFileError(f"{bad_cue}: {exc}") from None
     return captions_to_snippets(captions)
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tubetune.errors import ConfigError
+from tubetune.config import settings_from
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 WATCH_URL = "https://www.youtube.com/watch?v={video_id}"
 
+SettingsT = TypeVar("SettingsT", "ListSettings", "FetchSettings")
 SourceType = Literal["local", "youtube"]
 TranscriptKind = Literal["manual", "auto", "ytdlp", "local"]
 
@@ -30,42 +32,53 @@ def watch_url(video_id: str) -> str:
     return WATCH_URL.format(video_id=video_id)
 
 
-class SourceSettings(BaseModel):
-    """The ``source:`` section of the config (see config.schema.yaml for every key).
+@dataclass(frozen=True)
+class ListSettings:
+    """The keys of the config section ``source`` that listing the videos uses (rule list_videos).
 
-    A rule passes only the keys it uses; the others keep these defaults, which mirror the schema.
+    Built with ``settings_from(ListSettings, values, "source")``; config.schema.yaml holds the defaults.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: SourceType
+    channel: str | None
+    listing: str | None
+    transcripts_dir: str | None
+    max_videos: int
+    skip_shorts: bool
+    skip_live: bool
+    min_duration_s: float
+    title_include: str | None
+    title_exclude: str | None
+    request_timeout_s: float
+    max_retries: int
+    backoff_s: float
+    cookies_file: str | None
+    proxy: str | None
 
-    type: SourceType = "local"
-    channel: str | None = None
-    listing: str | None = None
-    transcripts_dir: str | None = None
-    languages: tuple[str, ...] = ("en",)
-    max_videos: int = Field(default=50, ge=1)
-    skip_shorts: bool = True
-    skip_live: bool = True
-    min_duration_s: float = Field(default=120, ge=0)
-    title_include: str | None = None
-    title_exclude: str | None = None
-    request_timeout_s: float = Field(default=20, gt=0)
-    max_retries: int = Field(default=4, ge=0)
-    backoff_s: float = Field(default=2.0, ge=0)
-    request_interval_s: float = Field(default=1.0, ge=0)
-    ip_block_limit: int = Field(default=2, ge=1)
-    cookies_file: str | None = None
-    proxy: str | None = None
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> SourceSettings:
-        """Build from a (possibly partial) ``source:`` mapping; a bad value is one ConfigError line."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"config error: source.{where}: {first['msg']}") from None
+@dataclass(frozen=True)
+class FetchSettings:
+    """The keys of the config section ``source`` that fetching a transcript uses (rule fetch_transcript).
+
+    Built with ``settings_from(FetchSettings, values, "source")``; config.schema.yaml holds the defaults.
+    """
+
+    type: SourceType
+    languages: tuple[str, ...]
+    request_timeout_s: float
+    max_retries: int
+    backoff_s: float
+    request_interval_s: float
+    ip_block_limit: int
+    cookies_file: str | None
+    proxy: str | None
+
+
+def source_settings(cls: type[SettingsT], source: Mapping[str, Any]) -> SettingsT:
+    """``cls`` (:class:`ListSettings` or :class:`FetchSettings`) from its keys of a validated ``source``
+    section: the subset a rule passes, or the whole section."""
+    names = {field.name for field in fields(cls)}
+    return settings_from(cls, {key: value for key, value in source.items() if key in names}, "source")
 
 
 class Channel(BaseModel):
@@ -125,27 +138,17 @@ class TranscriptRecord(BaseModel):
 
     @classmethod
     def skipped(cls, video: Video, kind: TranscriptKind, reason: str) -> TranscriptRecord:
-        return cls(
-            video_id=video.id,
-            title=video.title,
-            url=video.url,
-            duration=video.duration,
-            status="skipped",
-            reason=reason,
-            kind=kind,
-        )
+        return cls.of_video(video, kind, status="skipped", reason=reason)
 
     @classmethod
     def ok(
         cls, video: Video, kind: TranscriptKind, language: str | None, snippets: list[Snippet]
     ) -> TranscriptRecord:
+        return cls.of_video(video, kind, status="ok", language=language, snippets=snippets)
+
+    @classmethod
+    def of_video(cls, video: Video, kind: TranscriptKind, **fields: Any) -> TranscriptRecord:
+        """A record of ``video`` (its id, title, url and duration) with the other ``fields``."""
         return cls(
-            video_id=video.id,
-            title=video.title,
-            url=video.url,
-            duration=video.duration,
-            status="ok",
-            language=language,
-            kind=kind,
-            snippets=snippets,
+            video_id=video.id, title=video.title, url=video.url, duration=video.duration, kind=kind, **fields
         )

@@ -52,10 +52,10 @@ from yt_dlp.networking.exceptions import RequestError as YtDlpRequestError
 from yt_dlp.networking.exceptions import TransportError as YtDlpTransportError
 from yt_dlp.utils import DownloadError, ExtractorError
 
-from tubetune.errors import ConfigError, TubetuneError
+from tubetune.errors import ConfigError, TubetuneError, one_line
 from tubetune.source.listing import ydl_params, ytdlp_message
 from tubetune.source.local import TranscriptFileError, parse_vtt
-from tubetune.source.models import Snippet, SourceSettings, TranscriptKind, TranscriptRecord, Video
+from tubetune.source.models import FetchSettings, Snippet, TranscriptKind, TranscriptRecord, Video
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class YouTubeSession(requests.Session):
             self._sleep(wait)
 
 
-def make_session(settings: SourceSettings, sleep: Callable[[float], None] = time.sleep) -> YouTubeSession:
+def make_session(settings: FetchSettings, sleep: Callable[[float], None] = time.sleep) -> YouTubeSession:
     """The session youtube-transcript-api uses: timeout, pacing, cookies and proxy from the settings."""
     session = YouTubeSession(settings.request_timeout_s, settings.request_interval_s, sleep=sleep)
     if settings.cookies_file:
@@ -161,6 +161,33 @@ def make_session(settings: SourceSettings, sleep: Callable[[float], None] = time
 # --------------------------------------------------------------------------- failure classification
 
 
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
+Reason = str | Callable[[Any], str]
+# youtube-transcript-api / requests failures after blocks and HTTP errors, tested in this order (a class
+# before its base class): the kind and the reason (text, or made from the exception).
+TRANSCRIPT_API_FAILURES: tuple[tuple[ErrorTypes, FailureKind, Reason], ...] = (
+    (
+        (requests.JSONDecodeError, json.JSONDecodeError),
+        "transient",
+        "empty or broken player response (not JSON)",
+    ),
+    (requests.Timeout, "transient", "request timed out"),
+    (requests.ConnectionError, "transient", "connection error"),
+    (requests.RequestException, "transient", lambda exc: f"request failed ({type(exc).__name__})"),
+    (ParseError, "transient", "empty or broken caption body (XML parse error)"),
+    (TranscriptsDisabled, "permanent", "transcripts are disabled for this video"),
+    (VideoUnavailable, "final", "video unavailable"),
+    (InvalidVideoId, "final", "invalid video id"),
+    (AgeRestricted, "permanent", "age-restricted video (needs a signed-in session)"),
+    (PoTokenRequired, "permanent", "YouTube requires a PO token for these captions"),
+    (VideoUnplayable, "permanent", lambda e: "video unplayable: " + one_line(e.reason or "no reason given")),
+    ((NotTranslatable, TranslationLanguageNotAvailable), "permanent", "requested translation not available"),
+    (FailedToCreateConsentCookie, "permanent", "could not accept YouTube's cookie consent page"),
+    (YouTubeDataUnparsable, "permanent", "watch page not parsable by youtube-transcript-api"),
+    (CouldNotRetrieveTranscript, "permanent", lambda exc: f"youtube-transcript-api: {type(exc).__name__}"),
+)
+
+
 def classify_transcript_api_error(exc: BaseException) -> tuple[FailureKind, str]:
     """Sort a youtube-transcript-api / requests failure into permanent, transient or blocked."""
     if isinstance(exc, RequestBlocked):  # includes IpBlocked, raised for HTTP 429 too
@@ -170,38 +197,11 @@ def classify_transcript_api_error(exc: BaseException) -> tuple[FailureKind, str]
         if status is None or status >= 500 or status == 408:
             return "transient", f"HTTP {status or '?'} from YouTube"
         return "permanent", f"HTTP {status} from YouTube"
-    if isinstance(exc, (requests.JSONDecodeError, json.JSONDecodeError)):
-        return "transient", "empty or broken player response (not JSON)"
-    if isinstance(exc, requests.Timeout):
-        return "transient", "request timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "transient", "connection error"
-    if isinstance(exc, requests.RequestException):
-        return "transient", f"request failed ({type(exc).__name__})"
-    if isinstance(exc, ParseError):
-        return "transient", "empty or broken caption body (XML parse error)"
-    if isinstance(exc, TranscriptsDisabled):
-        return "permanent", "transcripts are disabled for this video"
-    if isinstance(exc, VideoUnavailable):
-        return "final", "video unavailable"
-    if isinstance(exc, InvalidVideoId):
-        return "final", "invalid video id"
-    if isinstance(exc, AgeRestricted):
-        return "permanent", "age-restricted video (needs a signed-in session)"
-    if isinstance(exc, PoTokenRequired):
-        return "permanent", "YouTube requires a PO token for these captions"
-    if isinstance(exc, VideoUnplayable):
-        return "permanent", f"video unplayable: {_one_line(exc.reason or 'no reason given')}"
-    if isinstance(exc, (NotTranslatable, TranslationLanguageNotAvailable)):
-        return "permanent", "requested translation not available"
-    if isinstance(exc, FailedToCreateConsentCookie):
-        return "permanent", "could not accept YouTube's cookie consent page"
-    if isinstance(exc, YouTubeDataUnparsable):
-        return "permanent", "watch page not parsable by youtube-transcript-api"
-    if isinstance(exc, CouldNotRetrieveTranscript):
-        return "permanent", f"youtube-transcript-api: {type(exc).__name__}"
+    for types, kind, reason in TRANSCRIPT_API_FAILURES:
+        if isinstance(exc, types):
+            return kind, reason if isinstance(reason, str) else reason(exc)
     # Anything else (a KeyError on a changed page layout, ...) is the library's trouble: try yt-dlp.
-    return "permanent", f"youtube-transcript-api failed: {type(exc).__name__}: {_one_line(str(exc))[:200]}"
+    return "permanent", f"youtube-transcript-api failed: {type(exc).__name__}: {one_line(str(exc))[:200]}"
 
 
 def _http_status(exc: YouTubeRequestFailed) -> int | None:
@@ -234,7 +234,7 @@ def classify_ytdlp_error(exc: BaseException) -> tuple[FailureKind, str]:
     if isinstance(original, ExtractorError) and original.expected:
         return "permanent", f"yt-dlp: {message}"
     if isinstance(original, (ValueError, KeyError)):
-        return "transient", f"unreadable captions ({_one_line(str(original))})"
+        return "transient", f"unreadable captions ({one_line(str(original))})"
     return "transient", message
 
 
@@ -253,7 +253,7 @@ class RetryPolicy:
     the yt-dlp fallback and is reset by any answer that is not a block.
     """
 
-    def __init__(self, settings: SourceSettings, video_id: str, sleep: Callable[[float], None]) -> None:
+    def __init__(self, settings: FetchSettings, video_id: str, sleep: Callable[[float], None]) -> None:
         self.settings = settings
         self.video_id = video_id
         self.sleep = sleep
@@ -315,7 +315,7 @@ def fetch_with_transcript_api(api: YouTubeTranscriptApi, video_id: str, language
     snippets = [
         Snippet(text=text, start=round(s.start, 3), duration=round(s.duration, 3))
         for s in fetched.snippets
-        if (text := _one_line(s.text))
+        if (text := one_line(s.text))
     ]
     if not snippets:
         raise PermanentFailure(f"empty transcript ({transcript.language_code})", fallback=True)
@@ -371,7 +371,7 @@ def parse_json3(text: str, name: str) -> list[Snippet]:
         segments = event.get("segs") if isinstance(event, dict) else None
         if not segments:
             continue
-        words = _one_line("".join(str(seg.get("utf8", "")) for seg in segments if isinstance(seg, dict)))
+        words = one_line("".join(str(seg.get("utf8", "")) for seg in segments if isinstance(seg, dict)))
         if not words:
             continue
         start = float(event.get("tStartMs", 0)) / 1000
@@ -414,7 +414,7 @@ def extract_video_info(ydl: yt_dlp.YoutubeDL, url: str) -> Mapping[str, Any]:
 
 
 def fetch_with_ytdlp(
-    video: Video, settings: SourceSettings, extract: InfoExtractor = extract_video_info
+    video: Video, settings: FetchSettings, extract: InfoExtractor = extract_video_info
 ) -> Fetched:
     params = ydl_params(settings, sleep_interval_requests=settings.request_interval_s)
     with yt_dlp.YoutubeDL(params) as ydl:
@@ -427,7 +427,7 @@ def fetch_with_ytdlp(
 
 def fetch_youtube_transcript(
     video: Video,
-    settings: SourceSettings,
+    settings: FetchSettings,
     *,
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -489,7 +489,3 @@ def _skipped(video: Video, reason: str, last_tried: TranscriptKind) -> Transcrip
     """A skipped record; its kind names the last method tried ("auto": youtube-transcript-api)."""
     logger.warning("%s skipped: %s", video.id, reason)
     return TranscriptRecord.skipped(video, last_tried, reason)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

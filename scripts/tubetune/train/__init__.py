@@ -1,5 +1,8 @@
-"""Step 8-9: LoRA / DoRA / full fine-tuning with mlx-lm (metrics, best adapter, early stopping) and fusing.
+"""Steps 8-9 (rules/train.smk, rules/manifest.smk): LoRA / DoRA / full fine-tuning with mlx-lm (metrics,
+best adapter, early stopping), the test loss of each run, the sweep comparison, fusing, run manifests.
 
-Import the submodules directly; those that use mlx load the fast BLAS first (tubetune.mlxrt).
-``settings`` and ``memory`` do not import mlx.
+One module per rule: ``runner`` (train_run), ``test_loss``, ``compare``, ``fuse``, ``manifest``; and
+``reproduce`` (rerun a run from its manifest). Import the submodules directly; those that use mlx
+load the fast BLAS first (tubetune.mlxrt). ``settings``, ``sweep``, ``memory`` and ``manifest`` do not
+import mlx.
 """

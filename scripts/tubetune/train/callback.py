@@ -1,20 +1,20 @@
-"""mlx-lm training callback: metrics JSONL as they happen, best adapter by val loss, early stopping.
-
-When :meth:`MetricsCallback.on_val_loss_report` runs, the model holds exactly the weights the
-reported val loss was measured on: that is when the best adapter is saved. Training stops by raising
-:class:`StopTraining` from the callback (between two steps, so no step is half done); the runner
-catches it.
+"""mlx-lm training callbacks: metrics writer, best adapter with early stopping, divergence guard, and
+the chain that hands each report to them and validates on schedule.
 
 Validation schedule: mlx-lm's ``train()`` validates *before* the step of iteration ``it`` and reports
-it as iteration ``it - 1``, so its ``steps_per_eval`` gives val losses at iterations 0, N-1, 2N-1, ...
-The runner therefore lets mlx-lm validate only at the start (iteration 0) and after the last step,
-and this callback validates after the train report of every iteration that is a multiple of
-``steps_per_eval`` (val losses at 0, N, 2N, ..., iters).
+it as iteration ``it - 1``, so its ``steps_per_eval`` would give val losses at 0, N-1, 2N-1, ... The
+runner therefore gives mlx-lm no validation set: :class:`CallbackChain` validates after the train
+report of every multiple of ``steps_per_eval`` before the last iteration, and the runner's batch
+stream calls :meth:`CallbackChain.validate` once the first batch is drawn (iteration 0) and once the
+last step is done (where mlx-lm's own validations would be). Val losses come at 0, N, 2N, ..., iters,
+each measured on exactly the weights of that iteration: that is when :class:`BestAdapter` saves a new
+best.
 
-Guards: a NaN or infinite train or val loss stops training at once with :class:`TrainingDiverged`
-(a :class:`~tubetune.errors.TubetuneError`, so the rule fails with one line naming what to change;
-the metrics rows written so far stay in ``metrics.jsonl``). A val loss that rises for
-``rising_warn_after`` evaluations in a row is warned about once (overfitting).
+Stopping: when patience runs out, :class:`BestAdapter` sets ``stop_iteration``; the batch stream then
+yields no more batches and mlx-lm's ``train()`` ends as after its last iteration. A NaN or infinite
+loss is an error: :class:`DivergenceGuard` raises :class:`TrainingDiverged` (one line naming what to
+change; the rows so far stay in ``metrics.jsonl``). It also warns once when the val loss has risen
+``rising_warn_after`` evaluations in a row (overfitting).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,6 @@ METRIC_FIELDS = (
 )
 
 
-class StopTraining(Exception):
-    """Raised from the callback to end ``train()`` at a validation report."""
-
-    def __init__(self, reason: str, iteration: int) -> None:
-        super().__init__(f"{reason} at iteration {iteration}")
-        self.reason = reason
-        self.iteration = iteration
-
-
 class TrainingDiverged(TubetuneError):
     """The train or val loss became NaN or infinite: training cannot recover, the run stops."""
 
@@ -68,24 +59,36 @@ class TrainingDiverged(TubetuneError):
         self.iteration = iteration
 
 
-def _describe(loss: float) -> str:
-    return "NaN" if math.isnan(loss) else "infinite"
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 @dataclass
-class EarlyStopping:
-    """Tracks the best val loss and counts evaluations without improvement.
+class BestAdapter(TrainingCallback):
+    """Saves the adapter of the lowest val loss and says when to stop early.
 
-    ``best_*`` is the lowest val loss seen (the checkpoint kept). Patience counts evaluations
-    that did not beat the loss of the last improvement by more than ``min_delta``.
-    ``patience`` None disables stopping.
+    Args:
+        save: writes the current trainable weights to the given path.
+        best_path: ``adapters.safetensors``, rewritten at every new best val loss.
+        patience: stop after this many evaluations that did not beat the loss of the last
+            improvement by more than ``min_delta``; None never stops early.
+        final_iteration: the last planned iteration (running out of patience there is no early stop).
+        checkpoint_dir: where the adapter of every validation is saved too (None: not kept).
     """
 
+    save: Callable[[Path], None]
+    best_path: Path
     patience: int | None
     min_delta: float = 0.0
+    final_iteration: int | None = None
+    checkpoint_dir: Path | None = None
     best_loss: float = math.inf
     best_iteration: int | None = None
     evals_without_improvement: int = 0
+    stop_iteration: int | None = None
     _reference_loss: float = field(default=math.inf, repr=False)
 
     def update(self, iteration: int, loss: float) -> bool:
@@ -101,64 +104,53 @@ class EarlyStopping:
             self.evals_without_improvement += 1
         return is_best
 
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.evals_without_improvement >= self.patience
+    def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
+        iteration, loss = int(val_info["iteration"]), float(val_info["val_loss"])
+        if not math.isfinite(loss):
+            return  # no adapter to keep: DivergenceGuard ends the run
+        is_best = self.update(iteration, loss)
+        if is_best:
+            self.save(self.best_path)
+        if self.checkpoint_dir is not None:
+            self.save(self.checkpoint_dir / f"{iteration:07d}_adapters.safetensors")
+        out_of_patience = self.patience is not None and self.evals_without_improvement >= self.patience
+        if out_of_patience and (self.final_iteration is None or iteration < self.final_iteration):
+            self.stop_iteration = iteration
 
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    def describe(self, iteration: int) -> str:
+        """How the val loss of ``iteration`` compares with the best, for the log."""
+        if self.best_iteration == iteration:
+            return " (best so far, adapter saved)"
+        return (f" (best {self.best_loss:.4f} at iter {self.best_iteration}, "
+                f"{self.evals_without_improvement} evaluation(s) without improvement)")
 
 
 @dataclass
-class MetricsCallback(TrainingCallback):
-    """Writes one JSONL row per train or val report and keeps the best adapter.
+class MetricsWriter(TrainingCallback):
+    """Appends one row per train or val report to ``metrics.jsonl`` (truncated at start) and logs it.
 
     Args:
-        metrics_path: ``metrics.jsonl``; truncated at start, one row appended per report.
         batches_per_epoch: for the ``epoch`` column (iteration / batches_per_epoch).
-        stopper: best-loss and patience bookkeeping.
-        final_iteration: the val report of this iteration ends training (``StopTraining``).
-        save_best: called with the iteration when the current weights are a new best.
-        evaluate: returns the val loss of the current weights; called after the train report of
-            every iteration that is a multiple of ``steps_per_eval`` (and before ``final_iteration``).
-        on_eval: called with the iteration after every val report (e.g. keep all checkpoints).
-        learning_rate: current learning rate (for val rows).
-        peak_memory_gb: current peak memory (for val rows).
-        base_learning_rate: ``train.learning_rate``, named in the message when the loss diverges
-            (None: the current learning rate of the schedule is named).
-        rising_warn_after: warn once when the val loss has risen this many evaluations in a row
-            (0: never).
+        best: marks the val row of a new best val loss (``is_best``).
+        learning_rate, peak_memory_gb: the current values, for val rows.
+        progress: a tqdm bar that shows the last train loss.
     """
 
-    metrics_path: Path
+    path: Path
     batches_per_epoch: int
-    stopper: EarlyStopping
-    final_iteration: int
-    save_best: Callable[[int], None]
-    evaluate: Callable[[], float] | None = None
-    steps_per_eval: int = 0
-    on_eval: Callable[[int], None] | None = None
+    best: BestAdapter | None = None
     learning_rate: Callable[[], float] | None = None
     peak_memory_gb: Callable[[], float] | None = None
     progress: Any = None
-    base_learning_rate: float | None = None
-    rising_warn_after: int = 3
     rows: list[dict[str, Any]] = field(default_factory=list)
     train_tokens: float = 0.0
     train_seconds: float = 0.0
     _previous_trained_tokens: float = 0.0
-    _rising_evals: int = 0
-    _rising_from: float | None = None
-    _warned_rising: bool = False
 
     def __post_init__(self) -> None:
-        self.metrics_path = Path(self.metrics_path)
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        self.metrics_path.write_text("", encoding="utf-8")
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
 
     def epoch(self, iteration: int) -> float:
         return round(iteration / max(1, self.batches_per_epoch), 4)
@@ -166,9 +158,8 @@ class MetricsCallback(TrainingCallback):
     def _append(self, row: dict[str, Any]) -> None:
         full = {name: row.get(name) for name in METRIC_FIELDS}
         self.rows.append(full)
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
+        with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(full) + "\n")
-            handle.flush()
 
     def on_train_loss_report(self, train_info: Mapping[str, Any]) -> None:
         iteration = int(train_info["iteration"])
@@ -197,59 +188,76 @@ class MetricsCallback(TrainingCallback):
         )
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{row['train_loss'] or math.nan:.3f}", refresh=False)
-        raw_loss = train_info.get("train_loss")
-        if raw_loss is not None and not math.isfinite(float(raw_loss)):
-            current = _finite(train_info.get("learning_rate"))
-            raise self._diverged("train", float(raw_loss), iteration, current)
-        due = self.steps_per_eval > 0 and iteration % self.steps_per_eval == 0
-        if self.evaluate is not None and due and iteration < self.final_iteration:
-            started = time.perf_counter()
-            loss = self.evaluate()
-            self.on_val_loss_report(
-                {"iteration": iteration, "val_loss": loss, "val_time": time.perf_counter() - started}
-            )
 
     def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
         iteration = int(val_info["iteration"])
-        loss = float(val_info["val_loss"])
-        is_best = self.stopper.update(iteration, loss) if math.isfinite(loss) else False
-        if is_best:
-            self.save_best(iteration)
-        row = {
+        loss = _finite(val_info["val_loss"])
+        self._append({
             "kind": "val",
             "iteration": iteration,
             "epoch": self.epoch(iteration),
-            "val_loss": _finite(loss),
+            "val_loss": loss,
             "learning_rate": _finite(self.learning_rate()) if self.learning_rate else None,
             "peak_memory_gb": _finite(self.peak_memory_gb()) if self.peak_memory_gb else None,
             "val_time_s": _finite(val_info.get("val_time")),
-            "is_best": is_best,
-        }
-        self._append(row)
+            "is_best": loss is not None and self.best is not None and self.best.best_iteration == iteration,
+        })
+        if loss is not None:
+            logger.info("iter %d (epoch %.2f): val loss %.4f%s", iteration, self.epoch(iteration), loss,
+                        self.best.describe(iteration) if self.best else "")
+
+    def val_losses(self) -> list[float | None]:
+        return [row["val_loss"] for row in self.rows if row["kind"] == "val"]
+
+    @property
+    def mean_tokens_per_second(self) -> float | None:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else None
+
+    @property
+    def final_train_loss(self) -> float | None:
+        for row in reversed(self.rows):
+            if row["kind"] == "train":
+                value: float | None = row["train_loss"]
+                return value
+        return None
+
+
+@dataclass
+class DivergenceGuard(TrainingCallback):
+    """Raises :class:`TrainingDiverged` at a NaN / infinite loss; warns once about a rising val loss.
+
+    Args:
+        best: named in the rising-loss warning (the adapter that is kept).
+        base_learning_rate: ``train.learning_rate``, named in the message when the loss diverges
+            (None: the current learning rate of the schedule is named).
+        learning_rate: the current learning rate (for a diverged val loss).
+        rising_warn_after: warn once when the val loss has risen this many evaluations in a row (0: never).
+    """
+
+    best: BestAdapter | None = None
+    base_learning_rate: float | None = None
+    learning_rate: Callable[[], float] | None = None
+    rising_warn_after: int = 3
+    _previous: float | None = None
+    _rising_evals: int = 0
+    _rising_from: float | None = None
+    _warned: bool = False
+
+    def on_train_loss_report(self, train_info: Mapping[str, Any]) -> None:
+        loss = train_info.get("train_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            current = _finite(train_info.get("learning_rate"))
+            raise self._diverged("train", float(loss), int(train_info["iteration"]), current)
+
+    def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
+        iteration, loss = int(val_info["iteration"]), float(val_info["val_loss"])
         if not math.isfinite(loss):
             current = _finite(self.learning_rate()) if self.learning_rate else None
             raise self._diverged("val", loss, iteration, current)
         self._watch_rising(iteration, loss)
-        logger.info(
-            "iter %d (epoch %.2f): val loss %.4f%s", iteration, row["epoch"], loss,
-            " (best so far, adapter saved)" if is_best else
-            f" (best {self.stopper.best_loss:.4f} at iter {self.stopper.best_iteration}, "
-            f"{self.stopper.evals_without_improvement} evaluation(s) without improvement)",
-        )
-        if self.on_eval is not None:
-            self.on_eval(iteration)
-        if iteration >= self.final_iteration:
-            raise StopTraining("completed", iteration)
-        if self.stopper.should_stop:
-            logger.info(
-                "early stopping at iter %d: no val improvement in %d evaluations",
-                iteration, self.stopper.evals_without_improvement,
-            )
-            raise StopTraining("early_stopped", iteration)
 
     def _diverged(self, kind: str, loss: float, iteration: int, current_lr: float | None) -> TrainingDiverged:
-        """The one-line error for a NaN / infinite loss (the row is already in metrics.jsonl)."""
-        what = f"{kind} loss is {_describe(loss)} at iteration {iteration}"
+        what = f"{kind} loss is {'NaN' if math.isnan(loss) else 'infinite'} at iteration {iteration}"
         if kind == "val" and iteration == 0:
             message = (
                 f"{what}, before any training step: the validation data gives no loss; check "
@@ -266,10 +274,7 @@ class MetricsCallback(TrainingCallback):
         return TrainingDiverged(message, iteration)
 
     def _watch_rising(self, iteration: int, loss: float) -> None:
-        """Warn once when the val loss has risen ``rising_warn_after`` evaluations in a row."""
-        previous = next(
-            (row["val_loss"] for row in reversed(self.rows[:-1]) if row["kind"] == "val"), None
-        )
+        previous, self._previous = self._previous, loss
         if previous is None or loss <= previous:
             self._rising_evals = 0
             self._rising_from = None
@@ -278,24 +283,50 @@ class MetricsCallback(TrainingCallback):
             self._rising_from = previous
         self._rising_evals += 1
         due = self.rising_warn_after > 0 and self._rising_evals >= self.rising_warn_after
-        if due and not self._warned_rising:
-            self._warned_rising = True
+        if due and not self._warned:
+            self._warned = True
+            best_iteration = self.best.best_iteration if self.best else None
+            best_loss = self.best.best_loss if self.best else math.nan
             logger.warning(
                 "val loss has risen %d evaluations in a row (%.4f -> %.4f at iteration %d): the model is "
                 "overfitting; the best adapter (iteration %s, val loss %.4f) is kept; to stop sooner set "
                 "train.early_stopping_patience, or train fewer train.epochs / train.iters",
-                self._rising_evals, self._rising_from, loss, iteration, self.stopper.best_iteration,
-                self.stopper.best_loss,
+                self._rising_evals, self._rising_from, loss, iteration, best_iteration, best_loss,
             )
 
-    @property
-    def mean_tokens_per_second(self) -> float | None:
-        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else None
 
-    @property
-    def final_train_loss(self) -> float | None:
-        for row in reversed(self.rows):
-            if row["kind"] == "train":
-                value: float | None = row["train_loss"]
-                return value
-        return None
+@dataclass
+class CallbackChain(TrainingCallback):
+    """mlx-lm's one ``training_callback``: each report goes to ``callbacks`` in order.
+
+    ``evaluate`` returns the val loss of the current weights; it runs after the train report of
+    every multiple of ``steps_per_eval`` below ``final_iteration`` and whenever :meth:`validate` is
+    called (iteration 0 and the last one), and its report goes through the same chain.
+    """
+
+    callbacks: Sequence[TrainingCallback]
+    evaluate: Callable[[], float] | None = None
+    steps_per_eval: int = 0
+    final_iteration: int | None = None
+
+    def on_train_loss_report(self, train_info: Mapping[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_train_loss_report(dict(train_info))
+        iteration = int(train_info["iteration"])
+        due = self.steps_per_eval > 0 and iteration % self.steps_per_eval == 0
+        before_last = self.final_iteration is None or iteration < self.final_iteration
+        if self.evaluate is not None and due and before_last:
+            self.validate(iteration)
+
+    def validate(self, iteration: int) -> None:
+        """Measure the val loss now and report it as ``iteration``."""
+        assert self.evaluate is not None
+        started = time.perf_counter()
+        loss = self.evaluate()
+        self.on_val_loss_report(
+            {"iteration": iteration, "val_loss": loss, "val_time": time.perf_counter() - started}
+        )
+
+    def on_val_loss_report(self, val_info: Mapping[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_val_loss_report(dict(val_info))

@@ -92,7 +92,8 @@ class RankedRun:
     result: RunResult
     reason: str | None  # why the run is not ranked by its loss (None: it is)
 
-    def as_dict(self) -> dict[str, Any]:
+    def row(self) -> dict[str, Any]:
+        """The run's entry in ranking.json."""
         r = self.result
         return {
             "rank": self.rank,
@@ -255,7 +256,7 @@ def compare_runs(results: Sequence[RunResult], outputs: CompareOutputs) -> dict[
     write_json(outputs.ranking_json, {
         "select_by": SELECT_BY,
         "winner": best.result.run,
-        "runs": [entry.as_dict() for entry in ranked],
+        "runs": [entry.row() for entry in ranked],
     })
     winner = {
         "run": best.result.run,
@@ -270,18 +271,23 @@ def compare_runs(results: Sequence[RunResult], outputs: CompareOutputs) -> dict[
     return winner
 
 
-def compare_step(
+def compare(
     runs: Sequence[str],
-    summaries: Sequence[str],
-    metrics: Sequence[str],
-    test_losses: Sequence[str],
-    outputs: CompareOutputs,
+    summaries: Sequence[str | Path],
+    metrics: Sequence[str | Path],
+    test_losses: Sequence[str | Path],
+    *,
+    ranking: str | Path,
+    ranking_json: str | Path,
+    plot: str | Path,
+    winner: str | Path,
 ) -> dict[str, Any]:
-    """Entry point of the compare rule: per-run files in the same order as ``runs``."""
+    """The checkpoint ``compare``: per-run files in the same order as ``runs``; returns winner.json's data."""
     if not len(runs) == len(summaries) == len(metrics) == len(test_losses):
         raise InputFileError("compare: runs, summaries, metrics and test losses differ in number")
     results = [
         RunResult.from_files(run, summary, metric, test_loss)
         for run, summary, metric, test_loss in zip(runs, summaries, metrics, test_losses, strict=True)
     ]
+    outputs = CompareOutputs(Path(ranking), Path(ranking_json), Path(plot), Path(winner))
     return compare_runs(results, outputs)

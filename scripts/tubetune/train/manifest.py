@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ MAX_DIRTY_PATHS = 20
 # Snakemake's empty marker in directory() outputs: not part of the model.
 IGNORED_FILES = frozenset({".snakemake_timestamp"})
 CHUNK = 1 << 20
+# The keys of summary.json copied into the manifest.
+TIMES = ("started_at", "ended_at", "train_seconds", "total_seconds")
 
 
 def utc_now() -> str:
@@ -204,20 +207,31 @@ def check_reproduce_config(single: Mapping[str, Any], schema_path: str | Path) -
         raise ConfigError(f"the run's config.yaml resolves to other train settings ({', '.join(changed)})")
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run that the manifest hashes, with their paths as the rules name them.
+
+    ``adapters``: ``adapters``, ``adapter_config``, ``last``; ``dataset``: ``train``, ``valid``, ``test``,
+    ``stats``; ``base_model``: the base model dir (every file in it).
+    """
+
+    summary: Path
+    metrics: Path
+    adapters: Mapping[str, Path]
+    dataset: Mapping[str, Path]
+    base_model: Path
+
+
 def build_manifest(
     *,
     run: str,
-    summary: str | Path,
-    metrics: str | Path,
-    adapters: Mapping[str, str | Path],
-    dataset: Mapping[str, str | Path],
-    base_model: str | Path,
+    files: RunFiles,
     config: Mapping[str, Any],
     train_settings: Mapping[str, Any],
     workflow_dir: str | Path,
 ) -> dict[str, Any]:
     """The manifest of one run (see the module docstring); file paths are recorded as given."""
-    summary_data: dict[str, Any] = read_json(summary)
+    summary_data: dict[str, Any] = read_json(files.summary)
     resolved_config = copy.deepcopy(dict(config))
     settings = copy.deepcopy(dict(train_settings))
     logger.info("hashing the dataset, base model and adapter files of run %s", run)
@@ -226,12 +240,7 @@ def build_manifest(
         "run": run,
         "created_at": utc_now(),
         "workdir": os.getcwd(),
-        "train": {
-            "started_at": summary_data.get("started_at"),
-            "ended_at": summary_data.get("ended_at"),
-            "train_seconds": summary_data.get("train_seconds"),
-            "total_seconds": summary_data.get("total_seconds"),
-        },
+        "train": {key: summary_data.get(key) for key in TIMES},
         "config": resolved_config,
         "config_sha256": data_sha256(resolved_config),
         "train_settings": settings,
@@ -240,59 +249,74 @@ def build_manifest(
         "git": git_info(workflow_dir),
         "versions": package_versions(),
         "platform": platform_info(),
-        "blas": {
-            "blas": summary_data.get("blas"),
-            "blas_threads": summary_data.get("blas_threads"),
-            "device": summary_data.get("device"),
-        },
+        "blas": {key: summary_data.get(key) for key in ("blas", "blas_threads", "device")},
         "files": {
-            "dataset": {name: file_record(path) for name, path in dataset.items()},
-            "base_model": dir_record(base_model),
-            "adapters": {name: file_record(path) for name, path in adapters.items()},
+            "dataset": {name: file_record(path) for name, path in files.dataset.items()},
+            "base_model": dir_record(files.base_model),
+            "adapters": {name: file_record(path) for name, path in files.adapters.items()},
         },
         "results": {
-            "best_val_loss": summary_data.get("best_val_loss"),
-            "best_iteration": summary_data.get("best_iteration"),
-            "iterations_run": summary_data.get("iterations_run"),
-            "early_stopped": summary_data.get("early_stopped"),
-            "val_losses": val_losses(metrics),
+            **{key: summary_data.get(key)
+               for key in ("best_val_loss", "best_iteration", "iterations_run", "early_stopped")},
+            "val_losses": val_losses(files.metrics),
         },
     }
 
 
-def write_manifest(
-    manifest_path: str | Path,
-    config_path: str | Path,
-    *,
-    run: str,
-    summary: str | Path,
-    metrics: str | Path,
-    adapters: Mapping[str, str | Path],
-    dataset: Mapping[str, str | Path],
-    base_model: str | Path,
-    config: Mapping[str, Any],
-    train_settings: Mapping[str, Any],
-    workflow_dir: str | Path,
-) -> dict[str, Any]:
-    """Write ``manifest.json`` and the run's ``config.yaml`` (checked against the schema)."""
-    single = reproduce_config(config, train_settings)
-    check_reproduce_config(single, Path(workflow_dir) / "config.schema.yaml")
-    manifest = build_manifest(
-        run=run, summary=summary, metrics=metrics, adapters=adapters, dataset=dataset,
-        base_model=base_model, config=config, train_settings=train_settings, workflow_dir=workflow_dir,
-    )
+def write_manifest(manifest_path: str | Path, config_path: str | Path, record: Mapping[str, Any]) -> None:
+    """Write ``record`` to ``manifest.json`` and the run's ``config.yaml`` (:func:`reproduce_config`)."""
+    single = reproduce_config(record["config"], record["train_settings"])
+    run = record["run"]
     header = (
-        f"# Resolved config of training run '{run}' (config sha256 {manifest['config_sha256'][:12]}...,\n"
-        f"# train settings sha256 {manifest['train_settings_sha256'][:12]}...), written with its manifest.\n"
+        f"# Resolved config of training run '{run}' (config sha256 {record['config_sha256'][:12]}...,\n"
+        f"# train settings sha256 {record['train_settings_sha256'][:12]}...), written with its manifest.\n"
         f"# Rerun it with:  snakemake --cores 2 train --configfile {config_path}\n"
     )
     atomic_write_text(config_path, header + yaml.safe_dump(single, sort_keys=False, allow_unicode=True))
-    write_json(manifest_path, manifest)
-    git = manifest["git"]
+    write_json(manifest_path, record)
+    git = record["git"]
     logger.info(
         "manifest of run %s: config %s, git %s%s, %d base model files, best val loss %s",
-        run, manifest["config_sha256"][:12], git["commit"] or f"none ({git['reason']})",
-        " (dirty)" if git["dirty"] else "", len(manifest["files"]["base_model"]["files"]),
-        manifest["results"]["best_val_loss"],
+        run, record["config_sha256"][:12], git["commit"] or f"none ({git['reason']})",
+        " (dirty)" if git["dirty"] else "", len(record["files"]["base_model"]["files"]),
+        record["results"]["best_val_loss"],
     )
-    return manifest
+
+
+def manifest(
+    *,
+    summary: str | Path,
+    metrics: str | Path,
+    adapters: str | Path,
+    adapter_config: str | Path,
+    last: str | Path,
+    train: str | Path,
+    valid: str | Path,
+    test: str | Path,
+    stats: str | Path,
+    base: str | Path,
+    manifest_json: str | Path,
+    config_yaml: str | Path,
+    run: str,
+    train_settings: Mapping[str, Any],
+    config: Mapping[str, Any],
+    workflow_dir: str | Path,
+) -> dict[str, Any]:
+    """The rule ``manifest``: its inputs, its two outputs and its params; returns the manifest.
+
+    The run's config.yaml is checked against the schema first, before the files are hashed.
+    """
+    schema = Path(workflow_dir) / "config.schema.yaml"
+    check_reproduce_config(reproduce_config(config, train_settings), schema)
+    files = RunFiles(
+        summary=Path(summary),
+        metrics=Path(metrics),
+        adapters={"adapters": Path(adapters), "adapter_config": Path(adapter_config), "last": Path(last)},
+        dataset={"train": Path(train), "valid": Path(valid), "test": Path(test), "stats": Path(stats)},
+        base_model=Path(base),
+    )
+    record = build_manifest(
+        run=run, files=files, config=config, train_settings=train_settings, workflow_dir=workflow_dir
+    )
+    write_manifest(manifest_json, config_yaml, record)
+    return record

@@ -53,7 +53,7 @@ class ModelShape:
     vocab_size: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
+    def of(cls, config: Mapping[str, Any]) -> ModelShape:
         """From a Hugging Face / mlx-lm ``config.json`` dict (Llama-style keys)."""
         text = config.get("text_config", config)
         hidden = int(text["hidden_size"])
@@ -91,7 +91,8 @@ class MemoryEstimate:
         detail = ", ".join(f"{name} {value / GB:.2f}" for name, value in parts.items())
         return f"{self.total / GB:.2f} GB ({detail})"
 
-    def as_dict(self) -> dict[str, float]:
+    def gigabytes(self) -> dict[str, float]:
+        """Each part and the total in GB (3 decimals), for summary.json."""
         data = {name: round(value / GB, 3) for name, value in asdict(self).items()}
         data["total"] = round(self.total / GB, 3)
         return data

@@ -32,12 +32,24 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tubetune.config import settings_from
 from tubetune.errors import InputFileError
 from tubetune.jsonio import read_json, write_json
 from tubetune.logs import FORMAT, setup_logging, user_errors
-from tubetune.train.manifest import files_in, package_versions, platform_info, sha256_file, utc_now
+from tubetune.train.manifest import (
+    files_in,
+    package_versions,
+    platform_info,
+    sha256_file,
+    utc_now,
+    val_losses,
+)
+from tubetune.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from tubetune.train.runner import TrainOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +111,24 @@ def environment_differences(manifest: Mapping[str, Any], blas: str | None) -> li
     return differences
 
 
+# ---------------------------------------------------------------------------------------- layout
+
+
+def run_layout(folder: str | Path) -> TrainOutputs:
+    """The files of a retrained run under ``folder``, laid out as rules/train.smk lays out a run."""
+    from tubetune.train.runner import TrainOutputs  # imports mlx
+
+    root = Path(folder)
+    return TrainOutputs(
+        adapters=root / "adapters" / "adapters.safetensors",
+        adapter_config=root / "adapters" / "adapter_config.json",
+        last=root / "adapters" / "last.safetensors",
+        metrics=root / "metrics.jsonl",
+        plot=root / "loss.png",
+        summary=root / "summary.json",
+    )
+
+
 # ---------------------------------------------------------------------------------------- compare
 
 
@@ -120,7 +150,8 @@ class LossRow:
         difference = self.difference
         return difference is not None and math.isfinite(difference) and difference <= tolerance
 
-    def as_dict(self, tolerance: float) -> dict[str, Any]:
+    def report(self, tolerance: float) -> dict[str, Any]:
+        """The row in reproduce.json."""
         return {"iteration": self.iteration, "expected": self.expected, "reproduced": self.reproduced,
                 "abs_diff": self.difference, "ok": self.within(tolerance)}
 
@@ -180,8 +211,7 @@ def reproduce(
 
     from tubetune.mlxrt import BLAS  # imports mlx: only now
 
-    from tubetune.train.runner import TrainOutputs, run_training
-    from tubetune.train.settings import TrainSettings
+    from tubetune.train.runner import run_training
 
     differences = environment_differences(manifest, BLAS)
     for difference in differences:
@@ -189,18 +219,16 @@ def reproduce(
     if threads is None:  # the threads the run asked for, else the ones it started with
         recorded = manifest["blas"].get("blas_threads") or {}
         threads = recorded.get("requested") or recorded.get("start")
-    settings = TrainSettings.from_config(manifest["train_settings"])
+    settings = settings_from(TrainSettings, manifest["train_settings"], "train")
     dataset = manifest["files"]["dataset"]
     base = Path(root)
     started_at = utc_now()
+    outputs = run_layout(out / "train")
     summary = run_training(
         _resolve(base, dataset["train"]["path"]), _resolve(base, dataset["valid"]["path"]),
-        _resolve(base, manifest["files"]["base_model"]["path"]), TrainOutputs.in_dir(out / "train"),
-        settings, blas_threads=threads,
+        _resolve(base, manifest["files"]["base_model"]["path"]), outputs, settings, blas_threads=threads,
     )
-    from tubetune.train.manifest import val_losses
-
-    rows = compare_losses(manifest["results"]["val_losses"], val_losses(out / "train" / "metrics.jsonl"))
+    rows = compare_losses(manifest["results"]["val_losses"], val_losses(outputs.metrics))
     differences_found = [row.difference for row in rows if row.difference is not None]
     passed = all(row.within(tolerance) for row in rows)
     logger.info("val loss, manifest vs rerun (tolerance %.1e):\n%s", tolerance, format_table(rows, tolerance))
@@ -214,7 +242,7 @@ def reproduce(
         "tolerance": tolerance,
         "passed": passed,
         "max_abs_diff": max(differences_found, default=None),
-        "val_losses": [row.as_dict(tolerance) for row in rows],
+        "val_losses": [row.report(tolerance) for row in rows],
         "changed_inputs": problems,
         "environment_differences": differences,
         "blas": summary.get("blas"),

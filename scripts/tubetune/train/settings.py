@@ -1,16 +1,14 @@
-"""Resolved fine-tuning settings: the ``train`` section of the config as a typed dataclass.
+"""The ``train`` section of the config as a typed dataclass, and the arithmetic of epochs and LoRA scale.
 
-The config schema checks types and ranges and fills defaults; this module adds the checks that
-involve several keys (iters vs epochs) and turns user-facing names into mlx-lm's (``alpha`` into
-``scale``, ``epochs`` into ``iters``).
+config.schema.yaml holds every default and bound; :class:`TrainSettings` adds only the checks that
+involve several keys (iters vs epochs, eval vs report steps) and turns user-facing names into
+mlx-lm's (``alpha`` into ``scale``, ``epochs`` into ``iters``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,82 +26,60 @@ LR_RANGE = (1e-6, 1e-3)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Every knob of one fine-tuning run (see config.schema.yaml for the meaning of each)."""
+    """Every knob of one fine-tuning run: the config's ``train`` section (profile applied, defaults
+    filled), built with ``settings_from(TrainSettings, config["train"], "train")``. The meaning,
+    default and bounds of each key are in config.schema.yaml."""
 
-    profile: str | None = None
-    fine_tune_type: FineTuneType = "lora"
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    num_layers: int = 16
-    lora_keys: tuple[str, ...] | None = None
-    epochs: float | None = None
-    iters: int | None = None
-    batch_size: int = 4
-    grad_accumulation_steps: int = 1
-    max_seq_length: int = 1024
-    learning_rate: float = 1e-4
-    lr_schedule: Schedule = "cosine"
-    warmup_ratio: float = 0.05
-    min_lr_ratio: float = 0.1
-    optimizer: OptimizerName = "adamw"
-    weight_decay: float = 0.0
-    mask_prompt: bool = True
-    grad_checkpoint: bool = False
-    seed: int = 0
-    dtype: DtypeName = "auto"
-    steps_per_report: int = 10
-    steps_per_eval: int = 50
-    val_batches: int = -1
-    early_stopping_patience: int | None = 3
-    early_stopping_min_delta: float = 0.0
-    max_memory_gb: float | None = None
-    keep_eval_checkpoints: bool = False
+    profile: str | None
+    fine_tune_type: FineTuneType
+    rank: int
+    alpha: float
+    dropout: float
+    num_layers: int
+    lora_keys: tuple[str, ...] | None
+    epochs: float | None
+    iters: int | None
+    batch_size: int
+    grad_accumulation_steps: int
+    max_seq_length: int
+    learning_rate: float
+    lr_schedule: Schedule
+    warmup_ratio: float
+    min_lr_ratio: float
+    optimizer: OptimizerName
+    weight_decay: float
+    mask_prompt: bool
+    grad_checkpoint: bool
+    seed: int
+    dtype: DtypeName
+    steps_per_report: int
+    steps_per_eval: int
+    val_batches: int
+    early_stopping_patience: int | None
+    early_stopping_min_delta: float
+    max_memory_gb: float | None
+    keep_eval_checkpoints: bool
 
-    @classmethod
-    def from_config(cls, train: Mapping[str, Any]) -> TrainSettings:
-        """Build from ``config["train"]`` (profile applied, defaults filled); one-line errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(train) - known)
-        if unknown:
-            raise ConfigError(f"config error: unknown train key(s): {', '.join(unknown)}")
-        values: dict[str, Any] = {key: train[key] for key in known if key in train}
-        if values.get("lora_keys") is not None:
-            values["lora_keys"] = tuple(values["lora_keys"])
-        for name in ("alpha", "dropout", "epochs", "learning_rate", "warmup_ratio", "min_lr_ratio",
-                     "weight_decay", "early_stopping_min_delta"):
-            if name in values and values[name] is not None:
-                values[name] = float(values[name])
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        """Cross-key checks; raise :class:`ConfigError` with one line, warn on odd values."""
+    def __post_init__(self) -> None:
+        """Checks across keys (one-line :class:`ConfigError`); warnings about odd values."""
         if (self.iters is None) == (self.epochs is None):
             where = f" (profile '{self.profile}' sets one of them)" if self.profile else ""
             raise ConfigError(
-                "config error: set exactly one of train.iters and train.epochs"
-                f"{where}; set the other to null"
+                f"config error: set exactly one of train.iters and train.epochs{where}; set the other to null"
             )
-        if self.iters is not None and self.iters < 1:
-            raise ConfigError("config error: train.iters must be at least 1")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError("config error: train.epochs must be greater than 0")
-        if self.num_layers == 0 or self.num_layers < -1:
+        # The schema allows -1 (all layers) and 0 in the same range; 0 would train nothing.
+        if self.num_layers == 0:
             raise ConfigError("config error: train.num_layers must be -1 (all layers) or at least 1")
-        if self.fine_tune_type != "full" and self.rank < 1:
-            raise ConfigError("config error: train.rank must be at least 1")
+        if self.steps_per_eval % self.steps_per_report:
+            raise ConfigError(
+                f"config error: train.steps_per_eval ({self.steps_per_eval}) must be a multiple of "
+                f"train.steps_per_report ({self.steps_per_report})"
+            )
         if self.iters is not None and self.iters % self.grad_accumulation_steps:
             logger.warning(
                 "train.iters %d is not a multiple of train.grad_accumulation_steps %d: the last %d batches "
                 "add no optimizer update", self.iters, self.grad_accumulation_steps,
                 self.iters % self.grad_accumulation_steps,
-            )
-        if self.steps_per_eval % self.steps_per_report:
-            raise ConfigError(
-                f"config error: train.steps_per_eval ({self.steps_per_eval}) must be a multiple of "
-                f"train.steps_per_report ({self.steps_per_report})"
             )
         low, high = LR_RANGE
         if not low <= self.learning_rate <= high:
@@ -132,12 +108,6 @@ class TrainSettings:
         return epochs_to_iters(
             self.epochs, num_train_examples, self.batch_size, multiple_of=self.grad_accumulation_steps
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if data["lora_keys"] is not None:
-            data["lora_keys"] = list(data["lora_keys"])
-        return data
 
 
 def alpha_to_scale(alpha: float, rank: int) -> float:

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tubetune.config import settings_from
 from tubetune.errors import ConfigError
 from tubetune.train.settings import TrainSettings
 
@@ -81,7 +82,7 @@ def _point_error(
     culprit = ", ".join(f"sweep.{key} = {value}" for key, value in point.items())
     for key, value in point.items():
         try:
-            TrainSettings.from_config({**train, key: value})
+            settings_from(TrainSettings, {**train, key: value}, "train")
         except ConfigError:
             culprit = f"sweep.{key} = {value}"
             break
@@ -92,11 +93,11 @@ def _point_error(
 def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Run name -> the full train settings of that run (``config`` validated, train profile applied).
 
-    Every run's settings are checked with :meth:`TrainSettings.from_config`, so a bad point stops the
-    workflow before any job starts, with one line naming the sweep key.
+    Every run's settings are built as :class:`TrainSettings`, so a bad point stops the workflow before
+    any job starts, with one line naming the sweep key.
     """
     train = dict(config["train"])
-    TrainSettings.from_config(train)  # errors of the train section itself read as before
+    settings_from(TrainSettings, train, "train")  # an error of the train section itself names no sweep key
     runs: dict[str, dict[str, Any]] = {}
     for point in sweep_points(config.get("sweep")):
         name = run_name(point)
@@ -104,7 +105,7 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"config error: two sweep points are both named '{name}': remove the duplicate")
         settings = {**train, **point}
         try:
-            TrainSettings.from_config(settings)
+            settings_from(TrainSettings, settings, "train")
         except ConfigError as exc:
             raise _point_error(train, point, name, exc) from None
         runs[name] = settings

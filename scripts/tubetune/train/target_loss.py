@@ -1,7 +1,7 @@
 """Training loss that computes logits only where a token is scored.
 
 With the prompt masked, a third or more of every batch (system prompt, question, padding) is never
-scored, yet ``default_loss`` / :func:`tubetune.evaluate.loss.masked_loss` project every position onto the
+scored, yet ``default_loss`` / :func:`tubetune.train.loss.masked_loss` project every position onto the
 vocabulary: ``[B, T, vocab]`` logits, their softmax and its gradient. On SmolLM2 (vocab 49,152) that
 projection and the cross-entropy are a large share of a CPU step; on Llama 3 (vocab 128,256) the float
 logits of one 1,024-token row are 0.5 GB, twice more for their gradient, on a 16 GB Mac.
@@ -49,7 +49,7 @@ def target_index(
 
     ``lengths`` is ``[B, 2]``: prompt offset and real length of each row (mlx-lm's layout). Target ``j``
     of a row (the token at ``j + 1``) is scored when ``offset <= j + 1 < length``, exactly the mask of
-    :func:`tubetune.evaluate.loss.masked_loss`. The index is padded with 0 (weight 0) to a multiple of
+    :func:`tubetune.train.loss.masked_loss`. The index is padded with 0 (weight 0) to a multiple of
     ``multiple``; a batch without any scored target still gets ``multiple`` padding entries.
     """
     steps = width - 1

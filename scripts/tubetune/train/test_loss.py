@@ -1,8 +1,8 @@
 """Masked test loss and perplexity of one training run: the base model with the run's best adapter.
 
-Cheap (MLX, no fusing, no generation): ``mlx_lm.load(base, adapter_path=...)`` applies the adapter
-the way mlx-lm does, then :func:`tubetune.evaluate.loss.dataset_loss` scores the assistant tokens of
-the test split. The sweep ranking shows the number; it never picks the winner.
+Cheap (MLX, no fusing, no generation): the adapter is applied as mlx-lm does
+(:func:`tubetune.train.adapter.load_adapted`), then :func:`tubetune.train.loss.dataset_loss` scores
+the assistant tokens of the test split. The sweep ranking shows the number; it never picks the winner.
 """
 
 from __future__ import annotations
@@ -10,41 +10,41 @@ from __future__ import annotations
 from tubetune.mlxrt import BLAS, mx
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tubetune.chat import read_chat_rows
 from tubetune.errors import InputFileError
-from tubetune.evaluate.loss import dataset_loss
-from tubetune.jsonio import read_jsonl, write_json
+from tubetune.jsonio import write_json
+from tubetune.train.adapter import load_adapted
+from tubetune.train.loss import dataset_loss
 
 logger = logging.getLogger(__name__)
 
 
-def adapter_test_loss(
-    base_dir: str | Path,
-    adapter_dir: str | Path,
-    test_path: str | Path,
-    out_path: str | Path,
+def test_loss(
+    test: str | Path,
+    base: str | Path,
     *,
-    batch_size: int,
-    max_seq_length: int,
+    adapters: str | Path,
+    adapter_config: str | Path,
+    out: str | Path,
     run: str,
-    max_examples: int | None = None,
+    settings: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Write ``{"run", "loss", "perplexity", "n_examples", "n_tokens", ...}`` to ``out_path``; return it.
+    """The rule ``test_loss``: write ``{"run", "loss", "perplexity", "n_examples", "n_tokens", ...}`` to
+    ``out`` and return it.
 
-    ``max_examples``: only the first N test examples (as ``evaluate.max_examples`` does for the evaluation).
+    ``settings``: ``loss_batch_size``, ``loss_max_seq_length`` and ``max_examples`` (only the first N test
+    examples, as the evaluation scores them) of the ``evaluate`` section.
     """
-    from mlx_lm import load
-
-    logger.info("BLAS: %s; test loss of run %s (%s on %s)", BLAS, run, adapter_dir, base_dir)
-    rows = read_jsonl(test_path)[:max_examples]
+    batch_size, max_seq_length = int(settings["loss_batch_size"]), int(settings["loss_max_seq_length"])
+    logger.info("BLAS: %s; test loss of run %s (%s on %s)", BLAS, run, adapters, base)
+    rows = read_chat_rows(test, max_rows=settings["max_examples"])
     if not rows:
-        raise InputFileError(f"{test_path}: the test split is empty: no test loss for run '{run}'")
-    try:
-        model, tokenizer = load(str(base_dir), adapter_path=str(adapter_dir))[:2]
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise InputFileError(f"{adapter_dir}: cannot load the adapter on {base_dir} ({exc})") from exc
+        raise InputFileError(f"{test}: the test split is empty: no test loss for run '{run}'")
+    model, tokenizer, _ = load_adapted(base, adapters, adapter_config)
     try:
         result = dataset_loss(model, tokenizer, rows, batch_size=batch_size, max_seq_length=max_seq_length,
                               label=f"test loss {run}")
@@ -61,7 +61,10 @@ def adapter_test_loss(
         "max_seq_length": max_seq_length,
         "seconds": round(result.seconds, 2),
     }
-    write_json(out_path, data)
+    write_json(out, data)
     logger.info("run %s: test loss %.4f, perplexity %.3f over %d assistant tokens of %d examples", run,
                 result.loss, result.perplexity, result.n_tokens, len(rows))
     return data
+
+
+test_loss.__test__ = False  # type: ignore[attr-defined]  # a rule's entry, not a pytest test
