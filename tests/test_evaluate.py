@@ -495,42 +495,29 @@ def test_gguf_without_chat_template_is_refused(tmp_path: Path, bundled_gguf: Pat
         load_gguf(tmp_path / "missing.gguf", generation_settings(DEFAULTS, threads=1))
 
 
-@pytest.mark.slow  # runs the evaluate rule through Snakemake
-def test_evaluate_rule_in_snakemake(
-    tmp_path: Path, chat_dataset_dir: Path, bundled_gguf: Path, base_model_dir: Path
-) -> None:
-    from workflow import copy_workflow, dry_run_reasons, edit_config, snakemake
+@pytest.mark.slow  # reads the shared end-to-end run, makes a Snakemake report and a dry-run
+def test_evaluate_rule_in_snakemake(tiny_all_copy: Path) -> None:
+    """The evaluate rule of the shared tiny run: its outputs, log and benchmark, the Snakemake report of
+    its metrics, and an evaluate setting as the rule's param (a change reruns it)."""
+    from conftest import TINY_ALL_CONFIG
+    from workflow import dry_run_reasons, edit_config, snakemake
 
-    workdir = copy_workflow(tmp_path / "wf")
-    inputs = _evaluation_inputs(tmp_path, chat_dataset_dir, bundled_gguf, base_model_dir)
+    workdir = tiny_all_copy
     results = workdir / "results"
-    placed = {
-        "dataset/test.jsonl": inputs.test, "dataset/stats.json": inputs.stats,
-        "export/gguf/base-q8_0.gguf": bundled_gguf, "export/gguf/tuned-q8_0.gguf": bundled_gguf,
-        "model/base": base_model_dir, "fused": base_model_dir,
-        "train/loss.png": inputs.loss_png, "train/summary.json": inputs.summary,
-        "llm/ledger.json": tmp_path / "ledger.json",
-    }
-    for relative, source in placed.items():
-        (results / relative).parent.mkdir(parents=True, exist_ok=True)
-        (results / relative).symlink_to(source)
-    edit_config(workdir, evaluate={"max_new_tokens": 8, "max_examples": 2, "n_side_by_side": 2})
-
-    target = ("results/eval/metrics.json", "--allowed-rules", "evaluate")
-    # One thread: spinning llama.cpp / OpenBLAS threads slow down badly on a shared, busy 2-core machine.
-    run = snakemake(workdir, *target, "--set-threads", "evaluate=1")
-    assert run.returncode == 0, run.output[-3000:]
     metrics = json.loads((results / "eval/metrics.json").read_text(encoding="utf-8"))
-    assert (metrics["n_examples"], metrics["max_new_tokens"]) == (2, 8)
+    tiny = TINY_ALL_CONFIG["evaluate"]
+    assert metrics["n_examples"] == tiny["max_examples"]
+    assert metrics["max_new_tokens"] == tiny["max_new_tokens"]
     assert (results / "eval/answers.jsonl").is_file() and (results / "eval/report.html").is_file()
     assert "BLAS for MLX" in (workdir / "logs/evaluate.log").read_text(encoding="utf-8")
     assert (results / "benchmarks/evaluate.tsv").is_file()
 
-    report = snakemake(workdir, *target, "--report", "sm.html")
+    target = "results/eval/metrics.json"
+    report = snakemake(workdir, target, "--report", "sm.html")
     assert report.returncode == 0, report.output[-3000:]
     assert "Base vs tuned metrics on the test split" in (workdir / "sm.html").read_text(encoding="utf-8")
 
     edit_config(workdir, evaluate={"max_new_tokens": 16})
-    dry = snakemake(workdir, "-n", *target)
+    dry = snakemake(workdir, "-n", target)
     assert dry.returncode == 0, dry.output[-3000:]
     assert any("params" in reason.lower() for reason in dry_run_reasons(dry).get("evaluate", set()))

@@ -552,47 +552,39 @@ def test_modelfile_errors_and_unknown_templates(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_model_rules_in_real_snakemake(base_model_dir: Path, tmp_path: Path) -> None:
-    """base_model + export_gguf + export_hf + modelfile through Snakemake; reruns follow model.* params.
+def test_model_rules_in_real_snakemake(tiny_all_copy: Path) -> None:
+    """base_model + export_gguf + export_hf + modelfile of the shared tiny run; reruns follow model.* and
+    export.* params. --allowed-rules keeps the dry-runs to the model and export rules."""
+    import yaml
 
-    results/fused, stats.json, the run's summary.json and the sweep's winner.json are placed by hand (the
-    train half is tested elsewhere); --allowed-rules keeps Snakemake from trying to rebuild them.
-    """
-    from workflow import copy_workflow, dry_run_jobs, edit_config, snakemake
+    from tubetune.config import section_config
+    from workflow import dry_run_jobs, edit_config, snakemake
 
-    workdir = copy_workflow(tmp_path / "wf")
+    workdir = tiny_all_copy
     results = workdir / "results"
-    shutil.copytree(base_model_dir, results / "fused")
-    (results / "dataset").mkdir(parents=True)
-    (results / "dataset" / "stats.json").write_text(json.dumps(STATS))
-    (results / "train" / "default").mkdir(parents=True)
-    (results / "train" / "default" / "summary.json").write_text(json.dumps(SUMMARY))
-    (results / "sweep").mkdir()
-    (results / "sweep" / "winner.json").write_text(json.dumps({"run": "default"}))  # the compare checkpoint
-    edit_config(workdir, model={"check_tokens": 8})
-    rules = ["--allowed-rules", "base_model", "export_gguf", "export_hf", "modelfile", "--"]
-    targets = ["results/export/gguf/base-q8_0.gguf", "results/export/gguf/Modelfile", "results/export/hf"]
-    run = snakemake(workdir, *rules, *targets)
-    assert run.returncode == 0, run.output[-4000:]
-
+    config = yaml.safe_load((workdir / "config.yaml").read_text(encoding="utf-8"))
     check = json.loads((results / "model" / "base_check.json").read_text())
     assert check["status"] == "ok", check["reasons"]
-    assert check["tokens_compared"] == 8
+    check_tokens = section_config("model", config.get("model"))["check_tokens"]
+    assert check["tokens_compared"] == check_tokens
     assert "BLAS: " in (workdir / "logs" / "base_model.log").read_text()
     _, text = greedy_llama_cpp(results / "export" / "gguf" / "base-q8_0.gguf", PROMPT, 24)
     assert "bread" in text.lower()
-    modelfile = (results / "export" / "gguf" / "Modelfile").read_text()
-    assert "FROM ./tuned-q8_0.gguf" in modelfile and str(STATS["system_prompt"]) in modelfile
+    stats = json.loads((results / "dataset" / "stats.json").read_text())
+    modelfile_text = (results / "export" / "gguf" / "Modelfile").read_text()
+    assert "FROM ./tuned-q8_0.gguf" in modelfile_text and str(stats["system_prompt"]) in modelfile_text
     assert (results / "export" / "gguf" / "tuned-q8_0.gguf").is_file()
     assert (results / "export" / "hf" / "README.md").is_file()
 
+    rules = ["--allowed-rules", "base_model", "export_gguf", "export_hf", "modelfile", "--"]
+    targets = ["results/export/gguf/base-q8_0.gguf", "results/export/gguf/Modelfile", "results/export/hf"]
     assert dry_run_jobs(snakemake(workdir, "-n", *rules, *targets)) == {}
     # A model.* setting is a param of base_model: the base and its GGUF are stale (and, in a full run,
     # everything trained on the base). Restoring the value makes everything current again.
-    edit_config(workdir, model={"check_tokens": 4})
+    edit_config(workdir, model={"check_tokens": check_tokens // 2})
     jobs = dry_run_jobs(snakemake(workdir, "-n", *rules, targets[0]))
     assert jobs == {"base_model": 1, "export_gguf": 1}
-    edit_config(workdir, model={"check_tokens": 8})
+    edit_config(workdir, model={"check_tokens": check_tokens})
     assert dry_run_jobs(snakemake(workdir, "-n", *rules, *targets)) == {}
     edit_config(workdir, export={"ollama_parameters": {"temperature": 0.2}})
     jobs = dry_run_jobs(snakemake(workdir, "-n", *rules, "results/export/gguf/Modelfile"))

@@ -137,7 +137,36 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
         first = errors[0]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"config error: {_describe(first, schema)}{more}")
+    _schema_order(config, schema, schema)
     return config
+
+
+def _schema_order(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    """Put the keys of every mapping in ``value`` in the schema's order, in place (keys the schema does
+    not name, such as model names in ``llm.prices``, after them, sorted).
+
+    Rules get config sections as params, and Snakemake compares params by their text: without a fixed
+    order, writing a default value into config.yaml would move its key and rerun the rule.
+    """
+    while isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
+        target: Any = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    if isinstance(value, MutableMapping):
+        properties: Mapping[str, Any] = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        other: Mapping[str, Any] = extra if isinstance(extra, Mapping) else {}
+        keys = [key for key in properties if key in value]
+        keys += sorted((key for key in value if key not in properties), key=str)
+        items = [(key, value[key]) for key in keys]
+        value.clear()
+        for key, item in items:
+            _schema_order(item, properties.get(key, other), root)
+            value[key] = item
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for item in value:
+            _schema_order(item, schema["items"], root)
 
 
 def apply_train_profile(config: MutableMapping[str, Any]) -> None:
