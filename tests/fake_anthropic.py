@@ -36,12 +36,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tubetune.config import section_config, settings_from
 from tubetune.dataset.dedup import STOPWORDS
+from tubetune.llm.settings import LLMSettings
 
 # retry-after-ms takes precedence over retry-after in the SDK; 1 ms keeps its backoff short.
 # (retry-after: 0 alone is not enough: the SDK ignores a zero wait and backs off 0.5 s, 1 s, ...)
@@ -764,6 +767,19 @@ def channel_responder(body: dict[str, Any]) -> Reply:
         )
     text = json.dumps(data)
     return ok(data, input_tokens=max(1, len(_request_text(body)) // 4), output_tokens=max(1, len(text) // 4))
+
+
+def client_settings(
+    server: FakeAnthropic, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, **llm: Any
+) -> LLMSettings:
+    """LLM settings that send to ``server`` with a test key (the variables that would redirect the SDK
+    removed), a timeout of 10 s and ``cache_dir``; ``llm`` overrides keys of the ``llm`` section."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    values: dict[str, Any] = {"backend": "anthropic", "base_url": server.base_url, "timeout_s": 10}
+    values.update(cache_dir=str(cache_dir), **llm)
+    return settings_from(LLMSettings, section_config("llm", values), "llm")
 
 
 @pytest.fixture

@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 
-from fake_anthropic import FakeAnthropic, RecordedRequest, error, ok, rate_limited, server_error
-from tubetune.config import section_config, settings_from
+from fake_anthropic import (
+    FakeAnthropic,
+    RecordedRequest,
+    client_settings,
+    error,
+    ok,
+    rate_limited,
+    server_error,
+)
 from tubetune.errors import TubetuneError
 from tubetune.llm.backends import BackendError, MissingCredentialsError
 from tubetune.llm.cache import iter_entries
@@ -47,19 +54,10 @@ GOOD = {"questions": ["How long should the starter rest before the bake?"]}
 
 @pytest.fixture
 def settings(tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> LLMSettings:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
-    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
-    values = {
-        "backend": "anthropic",
-        "model": "claude-haiku-4-5",
-        "base_url": fake_anthropic.base_url,
-        "cache_dir": str(tmp_path / "cache"),
-        "max_retries": 2,
-        "max_reasks": 2,
-        "timeout_s": 10,
-    }
-    return settings_from(LLMSettings, section_config("llm", values), "llm")
+    return client_settings(
+        fake_anthropic, tmp_path / "cache", monkeypatch,
+        model="claude-haiku-4-5", max_retries=2, max_reasks=2,
+    )
 
 
 def chunk_request(client: LLMClient, n: int = 1) -> LLMRequest:

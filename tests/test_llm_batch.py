@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from fake_anthropic import FakeAnthropic, Latency, Reply, error, ok, overloaded, rate_limited
-from tubetune.config import section_config, settings_from
+from fake_anthropic import FakeAnthropic, Latency, Reply, client_settings, error, ok, overloaded, rate_limited
 from tubetune.llm.backends import BackendError, MissingCredentialsError
 from tubetune.llm.batch import (
     BatchPassError,
@@ -47,20 +46,10 @@ GOOD = {"questions": ["How long should the starter rest before the bake?"]}
 
 @pytest.fixture
 def settings(tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> LLMSettings:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
-    values = {
-        "backend": "anthropic",
-        "model": "claude-haiku-4-5",
-        "base_url": fake_anthropic.base_url,
-        "cache_dir": str(tmp_path / "cache"),
-        "max_retries": 2,
-        "max_reasks": 1,
-        "timeout_s": 10,
-        "mode": "batch",
-        "batch_poll_s": 0.02,
-    }
-    return settings_from(LLMSettings, section_config("llm", values), "llm")
+    return client_settings(
+        fake_anthropic, tmp_path / "cache", monkeypatch,
+        model="claude-haiku-4-5", max_retries=2, max_reasks=1, mode="batch", batch_poll_s=0.02,
+    )
 
 
 def requests_for(client: LLMClient, n: int) -> list[LLMRequest]:
