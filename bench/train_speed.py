@@ -131,7 +131,8 @@ def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) 
 
 
 def worker_ours(args: argparse.Namespace) -> None:
-    from tubetune.config import section_config, settings_from
+    from tubetune.config import section_config
+    from tubetune.settings import settings_from
     from tubetune.train.reproduce import run_layout
     from tubetune.train.runner import run_training
     from tubetune.train.settings import TrainSettings

@@ -1,5 +1,6 @@
 # Shared setup: config validation, paths and input functions used by every rule file.
 
+import dataclasses
 import os
 import re
 import sys
@@ -196,16 +197,12 @@ def all_outputs():
 
 # ---- sources (rules/source.smk) ----
 
-# Each step gets only the settings it uses, so changing a filter does not refetch transcripts.
-LIST_KEYS = (
-    "type", "channel", "listing", "transcripts_dir", "max_videos", "skip_shorts", "skip_live",
-    "min_duration_s", "title_include", "title_exclude", "request_timeout_s", "max_retries",
-    "backoff_s", "cookies_file", "proxy",
-)
-FETCH_KEYS = (
-    "type", "languages", "request_timeout_s", "max_retries", "backoff_s", "request_interval_s",
-    "ip_block_limit", "cookies_file", "proxy",
-)
+# Each step gets only the settings it uses (the fields of its settings dataclass), so changing a filter
+# does not refetch transcripts.
+from tubetune.source.models import FetchSettings, ListSettings  # noqa: E402
+
+LIST_KEYS = tuple(field.name for field in dataclasses.fields(ListSettings))
+FETCH_KEYS = tuple(field.name for field in dataclasses.fields(FetchSettings))
 
 
 def source_settings(keys):

@@ -42,9 +42,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tubetune.config import section_config, settings_from
+from tubetune.config import section_config
 from tubetune.dataset.dedup import STOPWORDS
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 # retry-after-ms takes precedence over retry-after in the SDK; 1 ms keeps its backoff short.
 # (retry-after: 0 alone is not enough: the SDK ignores a zero wait and backs off 0.5 s, 1 s, ...)

@@ -163,7 +163,8 @@ def test_a_real_diverging_run_stops_with_the_guard(
     NaN to the end; the best adapter before it and a summary saying so are kept (a sweep ranks it)."""
     import yaml
 
-    from tubetune.config import settings_from, validate_config
+    from tubetune.config import validate_config
+    from tubetune.settings import settings_from
     from tubetune.train.reproduce import run_layout
     from tubetune.train.runner import run_training
     from tubetune.train.settings import TrainSettings

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import section_config, settings_from, validate_config
+from tubetune.config import section_config, validate_config
 from tubetune.errors import ConfigError
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config.schema.yaml"

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
-from tubetune.config import section_config, settings_from
+from tubetune.config import section_config
 from tubetune.dataset.build import DatasetOutputs, DatasetSettings, build_dataset, split_videos
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import chunk
 from tubetune.jsonio import write_json, write_jsonl
 from tubetune.llm.ledger import llm_ledger
+from tubetune.settings import settings_from
 
 CONFIG: dict[str, Any] = {
     "system_prompt": "You are the voice of {channel}.",

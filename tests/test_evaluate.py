@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import section_config, settings_from, validate_config
+from tubetune.config import section_config, validate_config
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.evaluate.metrics import (
     METRICS,
@@ -43,6 +43,7 @@ from tubetune.evaluate.run import (
 )
 from tubetune.jsonio import write_json
 from tubetune.llm.ledger import llm_ledger
+from tubetune.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = [info.name for info in METRICS]

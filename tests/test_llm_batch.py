@@ -259,7 +259,7 @@ def test_a_pass_from_the_cache_needs_no_key_and_no_network(
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from tubetune.config import settings_from
+    from tubetune.settings import settings_from
     from tubetune.llm.batch import PlannedRequest, run_batch_pass
     from tubetune.llm.client import LLMClient
     from tubetune.llm.request import LLMRequest

@@ -12,12 +12,13 @@ import jsonschema
 import pytest
 import yaml
 
-from tubetune.config import section_config, settings_from, validate_config
+from tubetune.config import section_config, validate_config
 from tubetune.errors import ConfigError
 from tubetune.llm.cache import CachedResponse, ResponseCache, entry_path, iter_entries
 from tubetune.llm.client import LLMClient, parse_json, reask_request, schema_error
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA: dict[str, Any] = {

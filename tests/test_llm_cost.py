@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import settings_from, validate_config
+from tubetune.config import validate_config
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.generate.chunk import chunk
 from tubetune.generate.prompts import load_prompt
@@ -22,6 +22,7 @@ from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate
 from tubetune.llm.ledger import ledger_total, llm_ledger
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 from tubetune.source import fetch_transcript, list_videos
 
 ROOT = Path(__file__).resolve().parent.parent

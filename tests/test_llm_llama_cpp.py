@@ -9,12 +9,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tubetune.config import section_config, settings_from
+from tubetune.config import section_config
 from tubetune.llm.backends import LlamaCppBackend
 from tubetune.llm.cache import iter_entries
 from tubetune.llm.client import InvalidOutputError, LLMClient, LLMResult
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

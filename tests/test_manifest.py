@@ -261,7 +261,7 @@ def test_compare_losses_by_iteration() -> None:
 def tiny_run(base_model_dir: Path, chat_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Any]:
     """A real tiny-test LoRA run (6 iterations, val every 2) and its manifest."""
-    from tubetune.config import settings_from
+    from tubetune.settings import settings_from
     from tubetune.train.manifest import manifest
     from tubetune.train.reproduce import run_layout
     from tubetune.train.runner import run_training

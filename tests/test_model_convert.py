@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from tubetune.config import section_config, settings_from
+from tubetune.config import section_config
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.model.base import (
     NEAR_TIE_NATS,
@@ -33,6 +33,7 @@ from tubetune.model.gguf_convert import (
     permute_rotary,
     unpermute_rotary,
 )
+from tubetune.settings import settings_from
 
 SMOLLM2 = "bundled:smollm2-135m-instruct"
 TEXTS = [

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tubetune.config import section_config, settings_from
+from tubetune.config import section_config
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.generate.chunk import Chunk
 from tubetune.generate.prompts import load_prompt
 from tubetune.generate.questions import QuestionSettings, validate_questions
 from tubetune.jsonio import read_jsonl, write_jsonl
+from tubetune.settings import settings_from
 
 SETTINGS = {"per_1k_tokens": 7, "min_per_chunk": 2, "max_per_chunk": 8, "min_chars": 12, "max_chars": 300}
 

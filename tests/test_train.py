@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tubetune.config import section_config, settings_from, validate_config
+from tubetune.config import section_config, validate_config
 from tubetune.errors import ConfigError
+from tubetune.settings import settings_from
 from tubetune.train.memory import (
     GB,
     MemoryEstimate,

@@ -20,6 +20,7 @@ import ast
 import hashlib
 import sys
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "tubetune"
@@ -50,11 +51,6 @@ def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
         if candidate is not None and candidate.is_file():
             return candidate
     return None
-
-
-def _is_package(module: str, package_dir: Path) -> bool:
-    path = module_file(module, package_dir)
-    return path is not None and path.name == "__init__.py"
 
 
 def _resolve_relative(current: str, is_package: bool, level: int, target: str | None) -> str | None:
@@ -134,9 +130,16 @@ def script_modules(
             continue  # `from tubetune.x import name`: a function, class or constant of tubetune.x
         found.add(name)
         pending.extend((parent, True) for parent in _with_parents(name)[:-1])
-        source = path.read_text(encoding="utf-8")
-        pending.extend(imported_names(source, name, path.name == "__init__.py").items())
+        stat = path.stat()
+        pending.extend(_module_imports(path, name, stat.st_mtime_ns, stat.st_size).items())
     return sorted(found)
+
+
+@cache
+def _module_imports(path: Path, name: str, mtime_ns: int, size: int) -> dict[str, bool]:
+    """:func:`imported_names` of one module file, parsed once per version of the file (the rules'
+    scripts share most modules; ``mtime_ns`` and ``size`` tell an edited file apart)."""
+    return imported_names(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")
 
 
 def _package_data(package: str, package_dir: Path) -> list[Path]:
@@ -194,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tubetune.codehash SCRIPT [SCRIPT ...]", file=sys.stderr)
         return 2
     for script in args:
-        modules = script_modules(script)
-        print(f"{script}: {code_version(script)}")
-        for file in code_files(modules):
+        files = code_files(script_modules(script))
+        print(f"{script}: {hash_files(files)}")
+        for file in files:
             print(f"  {file.relative_to(PACKAGE_DIR).as_posix()}")
     return 0
 

@@ -1,25 +1,24 @@
 """Config validation against config.schema.yaml, with defaults filled in and one-line errors.
 
 The schema is the only place that holds defaults and bounds. A step's settings object is a dataclass
-with required fields, built by :func:`settings_from` from its validated config section; the dataclass
-itself checks only what the schema cannot (relations between keys). :func:`section_config` gives a
-validated section with the schema's defaults (for code and tests that run a step without a workflow).
+with required fields, built by :func:`tubetune.settings.settings_from` from its validated config
+section; the dataclass itself checks only what the schema cannot (relations between keys).
+:func:`section_config` gives a validated section with the schema's defaults (for code and tests that
+run a step without a workflow).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import logging
 import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import jsonschema
-import pydantic
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
@@ -28,8 +27,6 @@ from tubetune.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config.schema.yaml"
-
-SettingsT = TypeVar("SettingsT")
 
 
 def _extend_with_default(validator_class: Any) -> Any:
@@ -40,12 +37,7 @@ def _extend_with_default(validator_class: Any) -> Any:
         if isinstance(instance, MutableMapping):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
-                    default = subschema["default"]
-                    instance[name] = (
-                        dict(default)
-                        if isinstance(default, dict)
-                        else (list(default) if isinstance(default, list) else default)
-                    )
+                    instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
@@ -126,7 +118,7 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
     The train profile is applied first: ``train_profiles[train.profile]`` supplies values that
     keys given directly under ``train`` override.
     """
-    schema = copy.deepcopy(load_schema(schema_path))
+    schema = load_schema(schema_path)
     apply_train_profile(config)
     validator = DefaultFillingValidator(schema, format_checker=FormatChecker())
     errors = list(validator.iter_errors(config))
@@ -194,26 +186,3 @@ def section_config(
     validate_config(config, schema_path)
     result: dict[str, Any] = config[section]
     return result
-
-
-def settings_from(cls: type[SettingsT], values: Mapping[str, Any], section: str) -> SettingsT:
-    """A settings dataclass from a validated config section (its keys are the dataclass's fields).
-
-    Values are converted to the field types (a YAML list to a tuple, an int to a float); a key that
-    is not a field, or a field missing from ``values``, is an error naming ``section``. The
-    dataclass's ``__post_init__`` runs its cross-key checks and raises :class:`ConfigError`.
-    """
-    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key '{section}.{unknown[0]}' (known keys: {', '.join(names)})")
-    missing = [name for name in names if name not in values]
-    if missing:
-        raise ConfigError(f"{section}: missing key '{missing[0]}' (a config validated by the schema has it)")
-    try:
-        adapter: pydantic.TypeAdapter[SettingsT] = pydantic.TypeAdapter(cls)
-        return adapter.validate_python(dict(values))
-    except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in (section, *error["loc"]))
-        raise ConfigError(f"config error: {where}: {error['msg']}") from None

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tubetune.config import settings_from
 from tubetune.dataset.dedup import find_duplicates
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import estimate_tokens
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from tubetune.llm.spend import LEDGER_MD, dollars_text, ledger_cost
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

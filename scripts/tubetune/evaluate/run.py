@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tubetune.chat import chat_messages
-from tubetune.config import settings_from
 from tubetune.errors import InputFileError
 from tubetune.evaluate.metrics import (
     METRICS,
@@ -29,6 +28,7 @@ from tubetune.evaluate.metrics import (
 )
 from tubetune.jsonio import read_json, read_jsonl, write_json, write_jsonl
 from tubetune.llm.spend import ledger_cost
+from tubetune.settings import settings_from
 
 if TYPE_CHECKING:
     from tubetune.evaluate.generate import GenerationRun, GenerationSettings

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tubetune.config import settings_from
 from tubetune.errors import TubetuneError
 from tubetune.generate.chunk import Chunk
 from tubetune.generate.prompts import PromptTemplate, chunk_request, load_prompt
@@ -19,6 +18,7 @@ from tubetune.llm.batch import PlannedRequest, job_client, run_batch_pass
 from tubetune.llm.client import LLMClient
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

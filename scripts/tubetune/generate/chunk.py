@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tubetune.config import settings_from
 from tubetune.jsonio import read_json, write_json, write_jsonl
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tubetune.config import settings_from
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import Chunk
 from tubetune.generate.prompts import PromptTemplate, chunk_request, load_prompt
@@ -21,6 +20,7 @@ from tubetune.llm.batch import PlannedRequest, job_client, run_batch_pass
 from tubetune.llm.client import LLMClient, LLMResult
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tubetune.config import settings_from
 from tubetune.generate.answers import PLACEHOLDERS as ANSWER_PLACEHOLDERS
 from tubetune.generate.answers import answer_request, check_answers
 from tubetune.generate.chunk import Chunk
@@ -49,6 +48,7 @@ from tubetune.llm.cost import (
 )
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tubetune.bundled import BUNDLED_DISTRIBUTIONS, BUNDLED_GGUFS, bundled_gguf, bundled_name
-from tubetune.config import settings_from
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.jsonio import read_json, write_json
+from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,6 @@ _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)$")
 _HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 # Pre-tokenizer regexes, as in llama.cpp's llama-vocab.cpp for each tokenizer.ggml.pre.
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tubetune.config import settings_from
+from tubetune.settings import settings_from
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 WATCH_URL = "https://www.youtube.com/watch?v={video_id}"

@@ -201,7 +201,7 @@ def classify_transcript_api_error(exc: BaseException) -> tuple[FailureKind, str]
         if isinstance(exc, types):
             return kind, reason if isinstance(reason, str) else reason(exc)
     # Anything else (a KeyError on a changed page layout, ...) is the library's trouble: try yt-dlp.
-    return "permanent", f"youtube-transcript-api failed: {type(exc).__name__}: {one_line(str(exc))[:200]}"
+    return "permanent", f"youtube-transcript-api failed: {type(exc).__name__}: {one_line(str(exc), 200)}"
 
 
 def _http_status(exc: YouTubeRequestFailed) -> int | None:

@@ -12,7 +12,7 @@ the tolerance.
 
 Tolerance, measured on this project's 2-core Linux machine (OpenBLAS 0.3.31, SKYLAKEX kernels):
 three runs of the tiny-test profile (SmolLM2-135M float32, 6 iterations, val at 0/2/4/6) with
-OPENBLAS_NUM_THREADS 1, 2 and 1 gave bit-identical val losses (max difference MEASURED_MAX_DIFF = 0.0),
+OPENBLAS_NUM_THREADS 1, 2 and 1 gave bit-identical val losses (max difference 0.0),
 and so did the rerun from the manifest in tests/test_manifest.py.
 The thread count does not change the sums: OpenBLAS splits a matrix product into blocks of the
 output, not along the summed dimension (float32 GEMMs of the model's shapes are byte-identical with
@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tubetune.config import settings_from
 from tubetune.errors import InputFileError
 from tubetune.jsonio import read_json, write_json
 from tubetune.logs import FORMAT, setup_logging, user_errors
+from tubetune.settings import settings_from
 from tubetune.train.manifest import (
+    SCHEMA_VERSION,
     files_in,
     package_versions,
     platform_info,
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MEASURED_MAX_DIFF = 0.0  # the measurement in the module docstring
 DEFAULT_TOLERANCE = 1e-3
 
 
@@ -199,8 +199,10 @@ def reproduce(
     Raises :class:`InputFileError` when an input changed (and ``allow_changed_inputs`` is false).
     """
     manifest: dict[str, Any] = read_json(manifest_path)
-    if manifest.get("schema_version") != 1 or "train_settings" not in manifest:
-        raise InputFileError(f"{manifest_path}: not a tubetune run manifest (schema_version 1)")
+    if manifest.get("schema_version") != SCHEMA_VERSION or "train_settings" not in manifest:
+        raise InputFileError(
+            f"{manifest_path}: not a tubetune run manifest (schema_version {SCHEMA_VERSION})"
+        )
     out = Path(out_dir) if out_dir is not None else Path(manifest_path).parent / "reproduce"
     problems = input_problems(manifest, root)
     if problems and not allow_changed_inputs:

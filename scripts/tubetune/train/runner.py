@@ -41,9 +41,9 @@ from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 from tqdm import tqdm
 
 from tubetune.chat import read_chat_rows
-from tubetune.config import settings_from
 from tubetune.errors import ConfigError, InputFileError
 from tubetune.jsonio import write_json
+from tubetune.settings import settings_from
 from tubetune.train.adapter import adapter_config
 from tubetune.train.blas import BlasThreads
 from tubetune.train.callback import (

@@ -16,8 +16,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tubetune.config import settings_from
 from tubetune.errors import ConfigError
+from tubetune.settings import settings_from
 from tubetune.train.settings import TrainSettings
 
 DEFAULT_RUN = "default"
@@ -110,8 +110,3 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise _point_error(train, point, name, exc) from None
         runs[name] = settings
     return runs
-
-
-def swept_keys(config: Mapping[str, Any]) -> list[str]:
-    """The keys the config sweeps over (empty: a single ``default`` run)."""
-    return list(swept_values(config.get("sweep")))
