@@ -138,13 +138,22 @@ def batch_report(pass_name):
 
 def ledger_records():
     """Input function: the usage records of the LLM jobs that make the calls: the per-video jobs
-    online; in batch mode the two batch passes (the per-video jobs then only read the cache)."""
+    online; in batch mode the two batch passes (the per-video jobs then only read the cache). Then
+    the record of each pass of build_dataset that is on (quality, augment), either mode."""
 
     def inputs(wildcards):
         if llm_batch_mode():
-            return [f"{R}/llm/batch/questions.json", f"{R}/llm/batch/answers.json"]
-        passes = ("questions", "answers")
-        return expand(f"{R}/llm/usage/{{llm_pass}}/{{video}}.json", llm_pass=passes, video=selected_videos())
+            records = [f"{R}/llm/batch/questions.json", f"{R}/llm/batch/answers.json"]
+        else:
+            passes = ("questions", "answers")
+            records = expand(
+                f"{R}/llm/usage/{{llm_pass}}/{{video}}.json", llm_pass=passes, video=selected_videos()
+            )
+        if config["quality"]["enabled"]:
+            records.append(f"{R}/llm/usage/quality.json")
+        if config["augment"]["paraphrases"] > 0:
+            records.append(f"{R}/llm/usage/augment.json")
+        return records
 
     return inputs
 
@@ -277,8 +286,68 @@ def tuned_modelfile_gguf(wildcards):
 
 # ---- evaluation (rules/evaluate.smk) ----
 
+from tubetune.evaluate.settings import AnswerSettings as _AnswerSettings  # noqa: E402
+from tubetune.evaluate.settings import ReportSettings as _ReportSettings  # noqa: E402
+from tubetune.evaluate.settings import section_part as _section_part  # noqa: E402
+
+
 def eval_gguf(model):
     return f"{R}/export/gguf/{model}-{config['evaluate']['quant']}.gguf"
+
+
+def answer_test_settings():
+    """The evaluate keys answer_test reads (answering, test loss, scoring): no others, so that a report
+    or interval setting does not rerun the models."""
+    return _section_part(_AnswerSettings, config["evaluate"])
+
+
+def report_settings():
+    """The evaluate keys the evaluate rule reads (bootstrap seed and resamples, the report)."""
+    return _section_part(_ReportSettings, config["evaluate"])
+
+
+# ---- parity (rules/evaluate.smk) ----
+
+# Parity compares the fused model with its f16 GGUF, requested by name, so that export_gguf builds
+# tuned-f16.gguf also when export.gguf_types lacks f16.
+PARITY_GGUF = f"{R}/export/gguf/tuned-f16.gguf"
+
+from tubetune.evaluate.parity import ParitySettings as _ParitySettings  # noqa: E402
+
+
+def parity_settings():
+    """The evaluate keys the parity rule reads (no others, so that they alone rerun it)."""
+    return {field.name: config["evaluate"][field.name] for field in dataclasses.fields(_ParitySettings)}
+
+
+# ---- judge (rules/evaluate.smk) ----
+
+def judge_llm_params():
+    """The judge's llm settings that decide what is sent (a rerun trigger): llm_params() with the
+    judge's request model (judge.model, null: llm.model); its output limit is judge.max_tokens."""
+    params = {key: value for key, value in llm_params().items() if key != "max_tokens"}
+    return {**params, "model": config["judge"]["model"] or config["llm"]["model"]}
+
+
+def judge_settings():
+    """The judge section without the prompt path (the prompt file is an input)."""
+    return {key: value for key, value in config["judge"].items() if key != "prompt"}
+
+
+def judge_bootstrap_settings():
+    """The evaluate keys of the judge's bootstrap intervals."""
+    return {key: config["evaluate"][key] for key in ("bootstrap_resamples", "seed")}
+
+
+def judge_can_call():
+    """Whether the judge can call its backend on a cache miss: llama_cpp, or anthropic with an API key."""
+    return config["llm"]["backend"] != "anthropic" or bool(os.environ.get("ANTHROPIC_API_KEY", "").strip())
+
+
+def judge_llm_requests():
+    """The judge job's share of the llm_requests resource: as a per-video LLM job online; one in batch
+    mode, where the job runs the batch pass itself."""
+    return 1 if llm_batch_mode() else llm_job_requests()
 
 
 # ---- training (rules/train.smk) ----
@@ -358,7 +427,7 @@ def winner_chosen():
     keeps the rerun reason it got before (while fuse still looked due). fuse, export_hf and evaluate read
     the winner's files (winner_file), which depends on the checkpoint; the jobs after fuse that do not
     (the tuned GGUF export, the Modelfile) take this input, so that when a new sweep point does not
-    win, fuse and everything after it stay up to date. ancient(): a newer winner.json alone (the
+    win, fuse and everything after it stay up to date (answer_test takes it too). ancient(): a newer winner.json alone (the
     comparison reran, same winner) reruns nothing; a new winner changes the winner's files and so fuse
     and all after it.
     """

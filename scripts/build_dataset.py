@@ -1,6 +1,6 @@
-"""Rule build_dataset: dedup, filter, chat JSONL, split by video, statistics."""
+"""Rule build_dataset: dedup, filter, quality judge, chat JSONL, split by video, augmentation, statistics."""
 
-from tubetune.dataset.build import DatasetOutputs, build_dataset
+from tubetune.dataset.build import DatasetOutputs, LLMPasses, build_dataset
 from tubetune.logs import run_step
 
 run_step(
@@ -24,6 +24,13 @@ run_step(
         ),
         dataset_config=snakemake.params.dataset,
         review_dir=snakemake.params.review_dir,
-        ledger_path=snakemake.input.ledger,
+        passes=LLMPasses(
+            llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
+            quality_config=snakemake.config["quality"],
+            augment_config=snakemake.config["augment"],
+            chunk_paths=list(snakemake.input.chunks),
+            quality_usage=snakemake.output.quality_usage,
+            augment_usage=snakemake.output.augment_usage,
+        ),
     ),
 )

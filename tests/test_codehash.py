@@ -189,7 +189,7 @@ def rule_blocks() -> dict[str, str]:
 
 HEAVY_RULES = {
     "build_dataset", "base_model", "train_run", "test_loss", "compare", "fuse", "export_hf", "export_gguf",
-    "modelfile", "evaluate",
+    "modelfile", "answer_test", "evaluate", "parity", "judge",
 }
 LLM_RULES = {"extract_questions", "answer_questions", "batch_questions", "batch_answers"}
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
+from dataset_inputs import dataset_outputs
 from tubetune.config import section_config
-from tubetune.dataset.build import DatasetOutputs, DatasetSettings, build_dataset, split_videos
+from tubetune.dataset.build import DatasetSettings, build_dataset, split_videos
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import chunk
 from tubetune.jsonio import write_json, write_jsonl
-from tubetune.llm.ledger import llm_ledger
 from tubetune.settings import settings_from
 
 CONFIG: dict[str, Any] = {
@@ -27,19 +27,6 @@ CONFIG: dict[str, Any] = {
 CHUNK_CONFIG = {"max_tokens": 600, "min_tokens": 120, "min_words": 150}
 ANSWER = "I preheat the pot for a full 45 minutes at 250 C so the walls are properly hot."
 
-
-def outputs(out: Path) -> DatasetOutputs:
-    """The dataset files in ``out``, named as rules/dataset.smk names them."""
-    return DatasetOutputs(
-        train=out / "train.jsonl",
-        valid=out / "valid.jsonl",
-        test=out / "test.jsonl",
-        dropped=out / "dropped.jsonl",
-        skipped=out / "skipped_videos.tsv",
-        stats=out / "stats.json",
-        stats_md=out / "stats.md",
-        lengths=out / "lengths.png",
-    )
 
 
 def test_split_is_by_video_seeded_and_complete() -> None:
@@ -137,8 +124,8 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
     filtered.write_text("video_id\ttitle\treason\nsssssssssss\tA short\tshort (41 s < 120 s)\n")
 
     stats = build_dataset(
-        qa_paths, [gone, music], [quarantine], [dropped], selected, filtered, outputs(tmp_path / "out"),
-        CONFIG, tmp_path / "review",
+        qa_paths, [gone, music], [quarantine], [dropped], selected, filtered,
+        dataset_outputs(tmp_path / "out"), CONFIG, tmp_path / "review",
     )
 
     assert stats["examples"]["total"] == 11
@@ -162,28 +149,6 @@ def test_build_dataset_dedups_filters_and_counts(tmp_path: Path) -> None:
     assert "| dedup: near-duplicate question | 1 |" in md
 
 
-PRICES = {"claude-sonnet-4-6": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}}
-
-
-def _ledger(tmp_path: Path, answer_model: str) -> Path:
-    """ledger.json of two online jobs: questions from the priced model, answers from ``answer_model``."""
-    questions = {
-        "pass": "questions", "backend": "anthropic", "model": "claude-sonnet-4-6", "requests": 12,
-        "cache_hits": 6, "calls": 6, "input_tokens": 200_000, "output_tokens": 30_000,
-        "cache_read_input_tokens": 50_000, "cache_creation_input_tokens": 10_000,
-    }
-    answers = {
-        "pass": "answers", "backend": "anthropic", "model": answer_model, "requests": 8, "cache_hits": 2,
-        "calls": 2, "input_tokens": 100_000, "output_tokens": 20_000,
-    }
-    records = [tmp_path / "usage" / "questions.json", tmp_path / "usage" / "answers.json"]
-    write_json(records[0], questions)
-    write_json(records[1], answers)
-    ledger = tmp_path / "llm" / "ledger.json"
-    llm_ledger(records, PRICES, ledger, ledger.with_suffix(".md"))
-    return ledger
-
-
 def _three_videos(tmp_path: Path) -> tuple[list[Path], list[Path], list[Path], list[Path], Path, Path]:
     """build_dataset's inputs for three videos with one good Q&A pair each and nothing dropped."""
     questions = ["Why does rye flour wake up a starter?", "When do I add the salt?", "How deep is a score?"]
@@ -201,41 +166,18 @@ def _three_videos(tmp_path: Path) -> tuple[list[Path], list[Path], list[Path], l
     return qa_paths, [], [empty], [empty], selected, filtered
 
 
-def test_stats_show_the_llm_ledger_total(tmp_path: Path) -> None:
+def test_stats_link_the_llm_ledger_instead_of_copying_its_total(tmp_path: Path) -> None:
+    # The ledger sums the usage records of build_dataset's own LLM passes, so it cannot be an input.
     out = tmp_path / "out"
 
-    without = build_dataset(*_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review")
-    assert "llm" not in without
-    assert "LLM cost" not in (out / "stats.md").read_text()
+    stats = build_dataset(*_three_videos(tmp_path), dataset_outputs(out), CONFIG, tmp_path / "review")
 
-    stats = build_dataset(
-        *_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review",
-        ledger_path=_ledger(tmp_path, "claude-sonnet-4-6"),
-    )
-
-    # questions: (200k * 3 + 30k * 15 + 50k * 0.3 + 10k * 3.75) / 1M; answers: (100k * 3 + 20k * 15) / 1M
-    assert stats["llm"] == {
-        "requests": 20, "cache_hits": 8, "calls": 8, "input_tokens": 300_000, "output_tokens": 50_000,
-        "cache_read_input_tokens": 50_000, "cache_creation_input_tokens": 10_000,
-        "dollars": pytest.approx(1.1025 + 0.6), "unpriced_models": [],
-    }
-    assert json.loads((out / "stats.json").read_text())["llm"] == stats["llm"]
+    assert "llm" not in stats
     md = (out / "stats.md").read_text()
-    assert "## LLM cost" in md
-    assert "| 8 | 20 | 8 | 300,000 | 50,000 | 50,000 | 10,000 | $1.70 |" in md
-    assert "[results/llm/ledger.md](../llm/ledger.md)" in md
-
-
-def test_stats_say_why_the_llm_dollars_are_unknown(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    stats = build_dataset(
-        *_three_videos(tmp_path), outputs(out), CONFIG, tmp_path / "review",
-        ledger_path=_ledger(tmp_path, "claude-future-9"),
+    assert "## LLM cost" not in md
+    assert md.rstrip().endswith(
+        "LLM cost of the passes behind this dataset: [results/llm/ledger.md](../llm/ledger.md)."
     )
-
-    assert stats["llm"]["dollars"] is None
-    assert stats["llm"]["unpriced_models"] == ["claude-future-9"]
-    assert "| unknown (no price for claude-future-9 in llm.prices) |" in (out / "stats.md").read_text()
 
 
 def _only_quarantined(tmp_path: Path) -> list[Path]:
@@ -264,8 +206,8 @@ def test_no_usable_qa_names_the_reasons(tmp_path: Path) -> None:
 
     with pytest.raises(TubetuneError) as caught:
         build_dataset(
-            [qa], [status], [quarantine], [dropped], selected, filtered, outputs(tmp_path / "out"), CONFIG,
-            tmp_path / "review",
+            [qa], [status], [quarantine], [dropped], selected, filtered,
+            dataset_outputs(tmp_path / "out"), CONFIG, tmp_path / "review",
         )
 
     assert str(caught.value) == (
@@ -296,6 +238,6 @@ def test_no_video_with_speech_names_the_skip_reasons(tmp_path: Path) -> None:
         r"check the source \(source\.\*\) and chunk\.min_words$",
     ):
         build_dataset(
-            [empty], statuses, [empty], [empty], selected, filtered, outputs(tmp_path / "out"), CONFIG,
-            tmp_path / "review",
+            [empty], statuses, [empty], [empty], selected, filtered,
+            dataset_outputs(tmp_path / "out"), CONFIG, tmp_path / "review",
         )

@@ -1,4 +1,5 @@
-"""Step 12, evaluate: metric functions, the masked test loss, and an end-to-end run on real models.
+"""Step 12, answer_test and evaluate: metric functions, the masked test loss, and an end-to-end run on
+real models (the intervals and the report from fixture inputs: tests/test_evaluate_intervals.py).
 
 The end-to-end run uses the bundled SmolLM2 GGUF as both "base" and "tuned" GGUF and the converted
 base model dir as both MLX models, so every delta must be exactly zero (greedy, same weights).
@@ -17,12 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from eval_inputs import judge_not_run, parity
 from tubetune.config import section_config, validate_config
 from tubetune.errors import ConfigError, InputFileError
+from tubetune.evaluate.deltas import NOT_SIGNIFICANT, build_metrics
 from tubetune.evaluate.metrics import (
     METRICS,
     check_format,
     chrf,
+    chrf_from_statistics,
     compile_patterns,
     corpus_chrf,
     is_cut_at_max,
@@ -32,22 +36,15 @@ from tubetune.evaluate.metrics import (
     which_is_better,
 )
 from tubetune.evaluate.report import flatten, render_report, select_side_by_side
-from tubetune.evaluate.run import (
-    EvalInputs,
-    EvalOutputs,
-    EvalSettings,
-    build_metrics,
-    evaluate,
-    generation_settings,
-    read_test_set,
-)
+from tubetune.evaluate.run import AnswerInputs, AnswerOutputs, answer_test, generation_settings, read_test_set
+from tubetune.evaluate.settings import AnswerSettings, ReportSettings, evaluate_settings, section_part
+from tubetune.evaluate.summary import EvaluateInputs, EvaluateOutputs, evaluate
 from tubetune.jsonio import write_json
 from tubetune.llm.ledger import llm_ledger
-from tubetune.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = [info.name for info in METRICS]
-DEFAULTS = settings_from(EvalSettings, section_config("evaluate"), "evaluate")
+DEFAULTS = evaluate_settings(AnswerSettings, section_config("evaluate"))
 PATTERNS = compile_patterns(DEFAULTS.refusal_patterns)
 LEAK_MARKERS = DEFAULTS.leak_markers
 Model = tuple[Any, Any]  # an mlx-lm model and its tokenizer
@@ -143,17 +140,18 @@ def test_which_is_better_follows_each_metric_direction() -> None:
 
 
 def test_build_metrics_has_base_tuned_delta_and_better_for_every_metric() -> None:
+    """Without per-question values there are no intervals: no model is named better."""
     base = {name: 1.0 for name in METRIC_NAMES}
     tuned = {name: 1.5 for name in METRIC_NAMES}
     reference = {"mean_answer_chars": 1.6, "mean_answer_words": 0.5}
     metrics = build_metrics({"base": base, "tuned": tuned}, reference)
-    for section in ("base", "tuned", "delta", "better", "metric_info"):
+    for section in ("base", "tuned", "delta", "delta_ci95", "significant", "better", "metric_info"):
         assert set(metrics[section]) == set(METRIC_NAMES), section
     assert metrics["delta"]["rouge_l"] == pytest.approx(0.5)
-    assert metrics["better"]["test_loss"] == "base"
-    assert metrics["better"]["rouge_l"] == "tuned"
-    assert metrics["better"]["mean_answer_chars"] == "tuned"
-    assert metrics["better"]["mean_answer_words"] == "base"
+    assert set(metrics["better"].values()) == {NOT_SIGNIFICANT}
+    assert set(metrics["delta_ci95"].values()) == {None} and not any(metrics["significant"].values())
+    nan = build_metrics({"base": {"rouge_l": None}, "tuned": {"rouge_l": 0.2}}, {})
+    assert nan["better"]["rouge_l"] == "n/a"
 
 
 def test_side_by_side_choice_is_deterministic_and_in_test_order() -> None:
@@ -198,7 +196,8 @@ def _render(tmp_path: Path, llm_cost: dict[str, Any] | None) -> str:
                          dataset_stats={}, llm_cost=llm_cost)
 
 
-LEDGER_LINK = ' (<a href="../llm/ledger.md">results/llm/ledger.md</a>).'
+LEDGER_LINK = (' (<a href="../llm/ledger.md">results/llm/ledger.md</a>). '
+               "The judge made no LLM call (it was not run).")
 
 
 @pytest.mark.parametrize(
@@ -235,21 +234,32 @@ def test_settings_are_the_schema_section() -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     config["evaluate"] = {}
     validate_config(config, ROOT / "config.schema.yaml")
-    assert settings_from(EvalSettings, config["evaluate"], "evaluate") == DEFAULTS
+    assert evaluate_settings(AnswerSettings, config["evaluate"]) == DEFAULTS
     assert (DEFAULTS.quant, DEFAULTS.max_examples, len(DEFAULTS.leak_markers)) == ("q8_0", None, 9)
-    with pytest.raises(ConfigError, match=r"evaluate\.quantt"):
-        settings_from(EvalSettings, {**section_config("evaluate"), "quantt": "q8_0"}, "evaluate")
+    report = evaluate_settings(ReportSettings, config["evaluate"])
+    assert (report.seed, report.bootstrap_resamples, report.n_side_by_side) == (0, 2000, 8)
+    # Each rule's params are its own keys: answer_test's have no report or interval key, and back.
+    answer_keys = set(section_part(AnswerSettings, config["evaluate"]))
+    report_keys = set(section_part(ReportSettings, config["evaluate"]))
+    assert "bootstrap_resamples" not in answer_keys and "n_side_by_side" not in answer_keys
+    assert answer_keys & report_keys == {"seed"}
     with pytest.raises(ConfigError, match="evaluate: missing key 'quant'"):
-        settings_from(EvalSettings, {}, "evaluate")
+        evaluate_settings(AnswerSettings, {})
     generation = generation_settings(DEFAULTS, threads=0)
     assert (generation.max_new_tokens, generation.n_ctx, generation.n_threads) == (256, 2048, 1)
 
 
-def test_config_schema_rejects_a_bad_evaluate_value() -> None:
+@pytest.mark.parametrize(("key", "value"), [("quant", "q5_k"), ("bootstrap_resamples", 50), ("quantt", 1)])
+def test_config_schema_rejects_a_bad_evaluate_value(key: str, value: object) -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-    config["evaluate"] = {"quant": "q5_k"}
-    with pytest.raises(ConfigError, match=r"evaluate\.quant"):
+    config["evaluate"] = {key: value}
+    with pytest.raises(ConfigError, match=rf"evaluate\.{key}|'{key}'"):
         validate_config(config, ROOT / "config.schema.yaml")
+
+
+def test_the_sample_config_splits_two_test_videos_worth() -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    assert config["dataset"]["split"] == {"train": 0.7, "valid": 0.1, "test": 0.2}
 
 
 def test_read_test_set_names_the_bad_line(tmp_path: Path) -> None:
@@ -358,18 +368,13 @@ def test_truncated_prompt_leaves_nothing_to_score(mlx_model: Model, chat_rows: R
 
 
 def _write_loss_png(path: Path) -> None:
-    import matplotlib
+    from eval_inputs import write_loss_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3, 2))
-    ax.plot([0, 10, 20], [2.1, 1.7, 1.5], label="val")
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    write_loss_png(path)
 
 
-def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model_dir: Path) -> EvalInputs:
+def _test_split(tmp_path: Path, chat_dataset_dir: Path) -> Path:
+    """Three test chats of the chat dataset and a tricky one (HTML in the question and the answer)."""
     rows = [json.loads(line) for line in (chat_dataset_dir / "test.jsonl").read_text().splitlines()][:3]
     tricky = {
         "messages": [
@@ -381,6 +386,11 @@ def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model
     }
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in [*rows, tricky]), encoding="utf-8")
+    return test
+
+
+def _report_inputs(tmp_path: Path, scores: Path, answers: Path) -> EvaluateInputs:
+    """The evaluate rule's other inputs: judge not run, parity ok, a summary, stats and a ledger."""
     summary = {
         "settings": {"fine_tune_type": "lora", "iters": 200, "learning_rate": 1e-4, "batch_size": 4},
         "best_iteration": 150,
@@ -401,40 +411,61 @@ def _evaluation_inputs(tmp_path: Path, chat_dataset_dir: Path, gguf: Path, model
     (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     (tmp_path / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
     _write_loss_png(tmp_path / "loss.png")
+    write_json(tmp_path / "judge.json", judge_not_run())
+    (tmp_path / "judge.jsonl").write_text("", encoding="utf-8")
+    write_json(tmp_path / "parity.json", parity())
     usage = {"pass": "questions", "backend": "llama_cpp", "model": "gguf:teacher.gguf", "requests": 9,
              "cache_hits": 4, "calls": 5, "input_tokens": 5000, "output_tokens": 900}
     write_json(tmp_path / "usage.json", usage)
     llm_ledger([tmp_path / "usage.json"], {}, tmp_path / "ledger.json", tmp_path / "ledger.md")
-    return EvalInputs(
-        test=test, base_gguf=gguf, tuned_gguf=gguf, base_model=model_dir, tuned_model=model_dir,
-        loss_png=tmp_path / "loss.png", summary=tmp_path / "summary.json",
+    return EvaluateInputs(
+        scores=scores, answers=answers, judge=tmp_path / "judge.json", judge_rows=tmp_path / "judge.jsonl",
+        parity=tmp_path / "parity.json", loss_png=tmp_path / "loss.png", summary=tmp_path / "summary.json",
         stats=tmp_path / "stats.json", ledger=tmp_path / "ledger.json",
     )
 
 
 @pytest.mark.slow  # two GGUF and two MLX model loads
-def test_evaluate_end_to_end(
+def test_answer_test_and_evaluate_end_to_end(
     tmp_path: Path, chat_dataset_dir: Path, bundled_gguf: Path, base_model_dir: Path
 ) -> None:
-    inputs = _evaluation_inputs(tmp_path, chat_dataset_dir, bundled_gguf, base_model_dir)
     out = tmp_path / "eval"
-    outputs = EvalOutputs(
-        metrics=out / "metrics.json", answers=out / "answers.jsonl", report=out / "report.html"
+    answer_inputs = AnswerInputs(
+        test=_test_split(tmp_path, chat_dataset_dir), base_gguf=bundled_gguf, tuned_gguf=bundled_gguf,
+        base_model=base_model_dir, tuned_model=base_model_dir,
     )
-    settings = section_config(
+    answer_outputs = AnswerOutputs(answers=out / "answers.jsonl", scores=out / "scores.json")
+    section = section_config(
         "evaluate", {"max_new_tokens": 16, "n_side_by_side": 4, "loss_batch_size": 3, "n_ctx": 512}
     )
+    returned = answer_test(answer_inputs, answer_outputs, section_part(AnswerSettings, section), threads=1)
+    scores = json.loads(answer_outputs.scores.read_text(encoding="utf-8"))
+    assert scores == returned
+    assert (scores["n_examples"], scores["gguf_quant"], scores["max_new_tokens"]) == (4, "q8_0", 16)
+    assert scores["n_test_videos"] is None  # the chat dataset's rows name no video
+    values = scores["per_question"]
+    for name in ("base", "tuned"):
+        assert len(values[name]["rouge_l"]) == 4 and len(values[name]["chrf_statistics"]) == 4
+        # Summed statistics give the corpus chrF, summed token-weighted losses the test loss.
+        assert chrf_from_statistics(values[name]["chrf_statistics"]) == pytest.approx(
+            scores["metrics"][name]["chrf"], abs=1e-9)
+        losses, tokens = values[name]["loss"], values[name]["loss_tokens"]
+        weighted = sum(lo * n for lo, n in zip(losses, tokens, strict=True))
+        assert weighted / sum(tokens) == pytest.approx(
+            scores["metrics"][name]["test_loss"], rel=1e-4)
+        assert sum(values[name]["loss_tokens"]) == scores["loss_tokens"][name]
 
-    returned = evaluate(inputs, outputs, settings, threads=1, run=None)
-
-    metrics = json.loads(outputs.metrics.read_text(encoding="utf-8"))
-    assert metrics == returned
+    inputs = _report_inputs(tmp_path, answer_outputs.scores, answer_outputs.answers)
+    outputs = EvaluateOutputs(metrics=out / "metrics.json", report=out / "report.html")
+    metrics = evaluate(inputs, outputs, section_part(ReportSettings, section), run=None)
+    assert metrics == json.loads(outputs.metrics.read_text(encoding="utf-8"))
     assert (metrics["n_examples"], metrics["gguf_quant"], metrics["max_new_tokens"]) == (4, "q8_0", 16)
-    for section in ("base", "tuned", "delta", "better"):
-        assert set(metrics[section]) == set(METRIC_NAMES), section
+    for key in ("base", "tuned", "delta", "delta_ci95", "significant", "better"):
+        assert set(metrics[key]) == set(METRIC_NAMES), key
     # Same GGUF and same model dir on both sides: greedy answers and losses are identical.
     assert all(metrics["delta"][name] == 0 for name in METRIC_NAMES)
-    assert set(metrics["better"].values()) <= {"tie", "n/a"}
+    assert all(metrics["delta_ci95"][name] == [0.0, 0.0] for name in METRIC_NAMES)
+    assert set(metrics["better"].values()) <= {NOT_SIGNIFICANT, "n/a"}
     assert metrics["base"]["test_perplexity"] == pytest.approx(math.exp(metrics["base"]["test_loss"]))
     assert metrics["reference"]["mean_answer_chars"] > 0
     for name in ("base", "tuned"):
@@ -443,8 +474,9 @@ def test_evaluate_end_to_end(
         assert timing["generation_tokens_per_s"] > 0
     assert metrics["timing"]["threads"] == 1
     assert (metrics["llm_cost"]["calls"], metrics["llm_cost"]["dollars"]) == (5, 0.0)  # a local teacher
+    assert metrics["judge"]["status"] == "not_run" and metrics["parity"]["status"] == "ok"
 
-    answers = [json.loads(line) for line in outputs.answers.read_text(encoding="utf-8").splitlines()]
+    answers = [json.loads(line) for line in answer_outputs.answers.read_text(encoding="utf-8").splitlines()]
     assert len(answers) == 4
     assert answers[-1]["meta"] == {"id": "tricky"}
     for row in answers:
@@ -461,12 +493,12 @@ def test_evaluate_end_to_end(
     assert metrics["base"]["rouge_l"] == pytest.approx(sum(r["base"]["rouge_l"] for r in answers) / 4)
 
     html = outputs.report.read_text(encoding="utf-8")
-    match = re.search(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert match is not None
-    assert base64.b64decode(match.group(1)) == inputs.loss_png.read_bytes()
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 2 and base64.b64decode(images[1]) == inputs.loss_png.read_bytes()
     assert "<table class=\"metrics\">" in html
     for info in METRICS:
         assert info.label in html
+    assert "The judge was not run:" in html
     assert "150" in html and "1.4321" in html  # best iteration and best val loss from summary.json
     assert "examples.total" in html and "per_video" in html  # dataset statistics
     assert "Building the dataset cost $0 for 5 LLM calls" in html
@@ -496,12 +528,14 @@ def test_gguf_without_chat_template_is_refused(tmp_path: Path, bundled_gguf: Pat
         load_gguf(tmp_path / "missing.gguf", generation_settings(DEFAULTS, threads=1))
 
 
-@pytest.mark.slow  # reads the shared end-to-end run, makes a Snakemake report and a dry-run
-def test_evaluate_rule_in_snakemake(tiny_all_copy: Path) -> None:
-    """The evaluate rule of the shared tiny run: its outputs, log and benchmark, the Snakemake report of
-    its metrics, and an evaluate setting as the rule's param (a change reruns it)."""
+@pytest.mark.slow  # reads the shared end-to-end run, makes a Snakemake report, dry-runs, reruns evaluate
+def test_answer_test_and_evaluate_rules_in_snakemake(tiny_all_copy: Path) -> None:
+    """answer_test and evaluate in the shared tiny run: their outputs, logs and benchmarks, the judge
+    not run (no cached judge reply for the tiny model's answers, no key) with its reason in the report,
+    the Snakemake report of the metrics, and each rule's settings as its params: an interval setting
+    reruns evaluate alone, an answering setting answer_test too."""
     from conftest import TINY_ALL_CONFIG
-    from workflow import dry_run_reasons, edit_config, snakemake
+    from workflow import dry_run_jobs, dry_run_reasons, edit_config, snakemake
 
     workdir = tiny_all_copy
     results = workdir / "results"
@@ -509,16 +543,40 @@ def test_evaluate_rule_in_snakemake(tiny_all_copy: Path) -> None:
     tiny = TINY_ALL_CONFIG["evaluate"]
     assert metrics["n_examples"] == tiny["max_examples"]
     assert metrics["max_new_tokens"] == tiny["max_new_tokens"]
-    assert (results / "eval/answers.jsonl").is_file() and (results / "eval/report.html").is_file()
-    assert "BLAS for MLX" in (workdir / "logs/evaluate.log").read_text(encoding="utf-8")
-    assert (results / "benchmarks/evaluate.tsv").is_file()
+    assert metrics["n_test_videos"] >= 1
+    assert set(metrics["delta_ci95"]) == set(METRIC_NAMES) == set(metrics["significant"])
+    for path in ("eval/answers.jsonl", "eval/scores.json", "eval/report.html", "benchmarks/answer_test.tsv",
+                 "benchmarks/evaluate.tsv"):
+        assert (results / path).is_file(), path
+    assert "BLAS for MLX" in (workdir / "logs/answer_test.log").read_text(encoding="utf-8")
+    assert "judge not run:" in (workdir / "logs/evaluate.log").read_text(encoding="utf-8")
+    assert metrics["judge"]["status"] == "not_run" and metrics["judge"]["reason"]
+    html = (results / "eval/report.html").read_text(encoding="utf-8")
+    assert "The judge was not run: " in html
+    assert html.index("The judge was not run: ") < html.index("<h2>Metrics</h2>")
+    assert metrics["parity"]["status"] in {"ok", "drop", "not_run"}
 
     target = "results/eval/metrics.json"
     report = snakemake(workdir, target, "--report", "sm.html")
     assert report.returncode == 0, report.output[-3000:]
     assert "Base vs tuned metrics on the test split" in (workdir / "sm.html").read_text(encoding="utf-8")
 
+    edit_config(workdir, evaluate={"n_side_by_side": 1})
+    dry = snakemake(workdir, "-n", target)
+    assert dry.returncode == 0, dry.output[-3000:]
+    assert dry_run_jobs(dry) == {"evaluate": 1}
+    assert any("params" in reason.lower() for reason in dry_run_reasons(dry)["evaluate"])
+    edit_config(workdir, evaluate={"bootstrap_resamples": 500})  # also the judge's intervals
+    dry = snakemake(workdir, "-n", target)
+    assert dry.returncode == 0, dry.output[-3000:]
+    assert "answer_test" not in dry_run_jobs(dry) and dry_run_jobs(dry)["evaluate"] == 1
+    rerun = snakemake(workdir, target)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    rerun_metrics = json.loads((results / "eval/metrics.json").read_text(encoding="utf-8"))
+    assert rerun_metrics["bootstrap"]["resamples"] == 500
+
     edit_config(workdir, evaluate={"max_new_tokens": 16})
     dry = snakemake(workdir, "-n", target)
     assert dry.returncode == 0, dry.output[-3000:]
-    assert any("params" in reason.lower() for reason in dry_run_reasons(dry).get("evaluate", set()))
+    assert any("params" in reason.lower() for reason in dry_run_reasons(dry).get("answer_test", set()))
+    assert "evaluate" in dry_run_jobs(dry)

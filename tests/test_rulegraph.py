@@ -35,7 +35,8 @@ def test_unlock_dry_run_and_rule_graph_need_no_cores(tmp_path: Path) -> None:
     graph = snakemake(workdir, *RULEGRAPH, cores=None)
     assert graph.returncode == 0, graph.output[-3000:]
     names, edges = mermaid_graph(graph.stdout)
-    assert {"all", "list_videos", "train_run", "compare", "fuse", "evaluate"} <= names
+    assert {"all", "list_videos", "train_run", "compare", "fuse", "answer_test", "evaluate"} <= names
+    assert ("answer_test", "evaluate") in edges
     assert ("compare", "fuse") in edges  # fuse waits for the comparison that picks the winner
     dot = snakemake(workdir, "--rulegraph", "dot", "all", cores=None)
     assert dot.returncode == 0 and dot.stdout.startswith("digraph"), dot.output[-3000:]

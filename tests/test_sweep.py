@@ -373,7 +373,8 @@ def test_adding_a_point_runs_only_that_point(sweep_run: Path) -> None:
     fuse_log = (sweep_run / "logs" / "fuse.log").read_text()
     run = snakemake(sweep_run, "all")
     assert run.returncode == 0, run.output[-6000:]
-    for rule in ("fuse", "export_hf", "export_gguf", "evaluate", *LLM_RULES):
+    after_fuse = ("fuse", "export_hf", "export_gguf", "answer_test", "judge", "parity", "evaluate")
+    for rule in (*after_fuse, *LLM_RULES):
         assert f"rule {rule}:" not in run.output, rule
     assert run.output.count("rule train_run:") == 1
     after = summaries(sweep_run)

@@ -43,14 +43,29 @@ def test_all_writes_every_artefact(all_run: Path) -> None:
         "eval/metrics.json",
         "eval/report.html",
         "eval/answers.jsonl",
+        "eval/scores.json",
         "benchmarks/train/default.tsv",
+        "benchmarks/answer_test.tsv",
         "benchmarks/evaluate.tsv",
     ):
         assert (results / path).is_file(), path
     metrics = json.loads((results / "eval" / "metrics.json").read_text())
     assert metrics["n_examples"] == 4
+    for key in ("delta_ci95", "significant", "better", "judge", "parity", "n_test_videos"):
+        assert key in metrics, key
     report = (results / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in report
+
+
+def test_judge_not_run_without_cached_replies_or_key(all_run: Path) -> None:
+    """The seed cache has no judge replies for the tiny model's answers and no API key is set: the judge
+    ends not_run with its reason, no verdict rows, and `all` still succeeds."""
+    judge = json.loads((all_run / "results" / "eval" / "judge.json").read_text())
+    assert judge["status"] == "not_run"
+    assert "judge requests have no cached reply" in judge["reason"]
+    assert "ANTHROPIC_API_KEY is not set" in judge["reason"]
+    assert (all_run / "results" / "eval" / "judge.jsonl").read_text() == ""
+    assert json.loads((all_run / "results" / "llm" / "usage" / "judge.json").read_text())["calls"] == 0
 
 
 def test_exported_gguf_answers_in_llama_cpp(all_run: Path) -> None:
@@ -93,5 +108,5 @@ def test_train_change_reruns_training_and_after_with_zero_llm_steps(tiny_all_cop
     run = snakemake(tiny_all_copy, "-n", "all")
     assert run.returncode == 0, run.output
     assert "rule extract_questions" not in run.output and "rule answer_questions" not in run.output
-    for rule in ("train_run", "fuse", "export_gguf", "evaluate"):
+    for rule in ("train_run", "fuse", "export_gguf", "answer_test", "evaluate"):
         assert f"rule {rule}:" in run.output, rule

@@ -7,10 +7,15 @@ half is the default config's. The config checks run no job and belong to the fas
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dataset_inputs import numbered_questions, schema_kind
+from fake_anthropic import FakeAnthropic, Reply, ok
 from workflow import copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
 
 
@@ -115,3 +120,65 @@ def test_bad_config_fails_before_any_job(
     assert run.returncode != 0
     assert message in run.output
     assert not (workdir / "results").exists()
+
+
+def _pass_responder(body: dict[str, Any]) -> Reply:
+    """The quality judge's ratings (pairs about salt rated not grounded) and one paraphrase per
+    question, made of words drawn at random (seeded by the question) so that they are all distinct."""
+    numbered = numbered_questions(body)
+    if schema_kind(body) == "ratings":
+        ratings = [
+            {
+                "index": i,
+                "grounded": 2 if "salt" in q.lower() else 5,
+                "self_contained": 5,
+                "useful": 5,
+                "reason": "the excerpt says nothing about salt" if "salt" in q.lower() else "supported",
+            }
+            for i, q in numbered
+        ]
+        return ok(json.dumps({"ratings": ratings}), input_tokens=900, output_tokens=80)
+    words = [f"{a}{b}" for a in ("bro", "cla", "dri", "fen", "glo", "hum", "jar", "kel") for b in "aeiouy"]
+    items = [
+        {"index": i, "questions": [" ".join(random.Random(q).sample(words, 6)).capitalize() + "?"]}
+        for i, q in numbered
+    ]
+    return ok(json.dumps({"paraphrases": items}), input_tokens=400, output_tokens=60)
+
+
+@pytest.mark.slow
+def test_quality_and_augment_passes_run_in_build_dataset_and_count_in_the_ledger(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    with FakeAnthropic() as server:
+        server.respond_with(_pass_responder)
+        edit_config(
+            workdir, quality={"enabled": True}, augment={"paraphrases": 1}, llm={"base_url": server.base_url}
+        )
+        run = snakemake(workdir, "dataset", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        assert run.returncode == 0, run.output[-6000:]
+        kinds = Counter(schema_kind(r.body) for r in server.message_requests())
+        assert set(kinds) == {"ratings", "paraphrases"}  # the sample's Q&A come from the seed cache
+        again = snakemake(workdir, "-n", "dataset")
+        assert "Nothing to be done" in again.output, again.output
+    out = workdir / "results" / "dataset"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["quality"]["dropped"] == stats["quality"]["dropped_by"]["not grounded"] > 0
+    assert stats["augment"]["added"] > 0
+    assert stats["augment"]["train_after"] == stats["augment"]["train_before"] + stats["augment"]["added"]
+    for name in ("valid", "test"):
+        assert "augmented_from" not in (out / f"{name}.jsonl").read_text()
+    ledger = json.loads((workdir / "results" / "llm" / "ledger.json").read_text())
+    rows = {row["pass"]: row for row in ledger["rows"]}
+    assert rows["quality"]["calls"] == kinds["ratings"] and rows["augment"]["calls"] == kinds["paraphrases"]
+    assert rows["quality"]["input_tokens"] == 900 * kinds["ratings"]
+    assert ledger["total"]["calls"] == kinds["ratings"] + kinds["paraphrases"]
+    assert "[results/llm/ledger.md](../llm/ledger.md)" in (out / "stats.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_default_ledger_leaves_out_the_passes_that_are_off(dataset_run: Path) -> None:
+    ledger = json.loads((dataset_run / "results" / "llm" / "ledger.json").read_text())
+    assert [row["pass"] for row in ledger["rows"]] == ["questions", "answers"]
+    for name in ("quality", "augment"):  # written anyway, as zero records
+        record = json.loads((dataset_run / "results" / "llm" / "usage" / f"{name}.json").read_text())
+        assert record["enabled"] is False and record["requests"] == 0

@@ -1,4 +1,5 @@
-"""Step 7: dedup, filter, chat JSONL in mlx-lm ``messages`` format, split by video, statistics."""
+"""Step 7: dedup, filter, the optional quality judge, chat JSONL in mlx-lm ``messages`` format, split by
+video, the optional augmentation of the train split, statistics."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import random
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tubetune.dataset.augment import augment_pass
 from tubetune.dataset.dedup import find_duplicates
+from tubetune.dataset.quality import quality_pass
 from tubetune.errors import ConfigError, TubetuneError
 from tubetune.generate.chunk import estimate_tokens
 from tubetune.jsonio import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
-from tubetune.llm.spend import LEDGER_MD, dollars_text, ledger_cost
+from tubetune.llm.client import LLMClient
+from tubetune.llm.settings import LLMSettings
+from tubetune.llm.spend import LEDGER_MD
 from tubetune.settings import settings_from
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,21 @@ class DatasetOutputs:
     lengths: str | Path
 
 
+@dataclass(frozen=True)
+class LLMPasses:
+    """The optional LLM passes of ``build_dataset`` (config sections ``quality`` and ``augment``), the
+    ``llm`` section they run with, the chunk files the quality judge reads and the usage records the
+    two passes write (zero records when a pass is off). ``client``: one client for both passes (tests)."""
+
+    llm_config: Mapping[str, Any]
+    quality_config: Mapping[str, Any]
+    augment_config: Mapping[str, Any]
+    chunk_paths: Sequence[str | Path]
+    quality_usage: str | Path
+    augment_usage: str | Path
+    client: LLMClient | None = None
+
+
 @dataclass
 class Drops:
     """Why Q&A pairs are missing: counts per reason, and the rows the dataset step itself dropped."""
@@ -91,6 +111,27 @@ def quality_problem(row: Mapping[str, Any], settings: DatasetSettings) -> str | 
     if " ".join(answer.lower().split()) == " ".join(question.lower().split()):
         return "answer repeats the question"
     return None
+
+
+def pair_problem(row: Mapping[str, Any], settings: DatasetSettings, system_prompt: str) -> str | None:
+    """:func:`quality_problem`, then the length of the whole example."""
+    problem = quality_problem(row, settings)
+    if problem is None and (
+        estimate_tokens(f"{system_prompt} {row['question']} {row['answer']}") > settings.max_example_tokens
+    ):
+        return "example too long"
+    return problem
+
+
+def example_problem(settings: DatasetSettings) -> Callable[[Mapping[str, Any]], str | None]:
+    """:func:`pair_problem` of a chat example (a paraphrase before it joins the train split)."""
+
+    def problem(example: Mapping[str, Any]) -> str | None:
+        content = {m["role"]: str(m["content"]) for m in example["messages"]}
+        row = {"question": content["user"], "answer": content["assistant"]}
+        return pair_problem(row, settings, content["system"])
+
+    return problem
 
 
 def split_videos(video_ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
@@ -172,14 +213,14 @@ def build_dataset(
     outputs: DatasetOutputs,
     dataset_config: Mapping[str, Any],
     review_dir: str | Path,
-    ledger_path: str | Path | None = None,
+    passes: LLMPasses | None = None,
 ) -> dict[str, Any]:
     """Rule ``build_dataset``: the splits, dropped.jsonl, skipped_videos.tsv, stats.json/.md and
     lengths.png, each to its path in ``outputs``.
 
     ``review_dir``: where the review pages are, named in the error when no Q&A pair survives.
-    ``ledger_path``: the LLM ledger (ledger.json) whose total goes into the statistics as ``llm``;
-    None leaves it out.
+    ``passes``: the optional LLM passes (quality judge before the split, augmentation of the train
+    split after it) and their usage records; None runs neither and writes no usage record.
     """
     settings = settings_from(DatasetSettings, dataset_config, "dataset")
     listing = read_json(selected_path)
@@ -189,6 +230,10 @@ def build_dataset(
     rows.sort(key=lambda r: str(r["qa_id"]))
     drops = read_drops(quarantine_paths, dropped_paths)
     kept = filter_and_dedup(rows, settings, system_prompt, drops)
+    llm = settings_from(LLMSettings, passes.llm_config, "llm") if passes is not None else None
+    extra: dict[str, Any] = {}
+    if passes is not None and llm is not None:
+        kept, extra["quality"] = _judge(kept, passes, llm, drops)
     statuses = [read_json(path) for path in chunk_status_paths]
     skipped = _skipped_videos(statuses, filtered_path)
     if not kept:
@@ -197,7 +242,7 @@ def build_dataset(
                 questions=drops.quarantined_questions + sum(drops.unanswered.values()) + len(rows),
                 chunks=sum(int(status.get("chunks") or 0) for status in statuses),
                 quarantined=drops.quarantined,
-                dropped=drops.unanswered + Counter(str(row["reason"]) for row in drops.rows),
+                dropped=drops.unanswered + Counter(_reason_key(row["reason"]) for row in drops.rows),
                 skipped=Counter(_reason_key(v["reason"]) for v in skipped),
                 review_dir=review_dir,
             )
@@ -206,22 +251,45 @@ def build_dataset(
     examples: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for row in kept:
         examples[assignment[row["video_id"]]].append(chat_example(row, system_prompt))
+    if passes is not None and llm is not None:
+        augmented = augment_pass(
+            examples,
+            passes.augment_config,
+            llm,
+            example_problem(settings),
+            settings.near_duplicate_threshold,
+            passes.augment_usage,
+            passes.client,
+        )
+        examples["train"], extra["augment"] = augmented.train, augmented.stats
     for name in SPLITS:
         write_jsonl(getattr(outputs, name), examples[name])
     write_jsonl(outputs.dropped, drops.rows)
     write_skipped_tsv(outputs.skipped, skipped)
-    llm = ledger_cost(ledger_path) if ledger_path is not None else None
-    stats = _statistics(kept, examples, assignment, drops.counts, skipped, channel, system_prompt, llm)
+    stats = _statistics(kept, examples, assignment, drops.counts, skipped, channel, system_prompt) | extra
     write_json(outputs.stats, stats)
     atomic_write_text(outputs.stats_md, render_stats_markdown(stats))
     plot_lengths(kept, outputs.lengths)
     logger.info(
         "dataset: %s examples (%s), %d dropped",
-        len(kept),
+        stats["examples"]["total"],
         ", ".join(f"{n} {len(examples[n])}" for n in SPLITS),
         sum(drops.counts.values()),
     )
     return stats
+
+
+def _judge(
+    kept: Sequence[dict[str, Any]], passes: LLMPasses, llm: LLMSettings, drops: Drops
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The quality judge's pass: the pairs it keeps and its statistics; the dropped ones go to ``drops``."""
+    judged = quality_pass(
+        kept, passes.chunk_paths, llm, passes.quality_config, passes.quality_usage, passes.client
+    )
+    for row in judged.dropped:
+        drops.counts[f"quality: {_reason_key(row['reason'].removeprefix('quality: '))}"] += 1
+        drops.rows.append(row)
+    return judged.kept, judged.stats
 
 
 def read_drops(quarantine_paths: Sequence[str | Path], dropped_paths: Sequence[str | Path]) -> Drops:
@@ -248,13 +316,7 @@ def filter_and_dedup(
     """
     kept: list[dict[str, Any]] = []
     for row in rows:
-        problem = quality_problem(row, settings)
-        if (
-            problem is None
-            and estimate_tokens(f"{system_prompt} {row['question']} {row['answer']}")
-            > settings.max_example_tokens
-        ):
-            problem = "example too long"
+        problem = pair_problem(row, settings, system_prompt)
         if problem is not None:
             drops.counts[f"filter: {problem}"] += 1
             drops.rows.append({**row, "reason": problem})
@@ -350,7 +412,6 @@ def _statistics(
     skipped: Sequence[Mapping[str, str]],
     channel: str,
     system_prompt: str,
-    llm: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     per_video: dict[str, dict[str, Any]] = defaultdict(lambda: {"examples": 0})
     for row in kept:
@@ -361,7 +422,8 @@ def _statistics(
     return {
         "channel": channel,
         "system_prompt": system_prompt,
-        "examples": {name: len(examples[name]) for name in SPLITS} | {"total": len(kept)},
+        "examples": {name: len(examples[name]) for name in SPLITS}
+        | {"total": sum(len(examples[name]) for name in SPLITS)},
         "videos": {name: sorted(v for v, s in assignment.items() if s == name) for name in SPLITS},
         "lengths_chars": {
             "question": _describe([len(r["question"]) for r in kept]),
@@ -377,7 +439,6 @@ def _statistics(
         "dropped": dict(sorted(drops.items())),
         "dropped_total": sum(drops.values()),
         "skipped_videos": list(skipped),
-        **({"llm": dict(llm)} if llm is not None else {}),
     }
 
 
@@ -414,24 +475,47 @@ def render_stats_markdown(stats: Mapping[str, Any]) -> str:
         f"| `{v['video_id']}` | {v['title']} | {v['stage']} | {v['reason']} |"
         for v in stats["skipped_videos"]
     ]
-    if "llm" in stats:
-        lines += ["", *_llm_cost_markdown(stats["llm"])]
+    lines += _passes_markdown(stats)
+    lines += ["", f"LLM cost of the passes behind this dataset: [{LEDGER_MD}](../llm/ledger.md)."]
     return "\n".join(lines) + "\n"
 
 
-def _llm_cost_markdown(cost: Mapping[str, Any]) -> list[str]:
-    """The "LLM cost" section: the ledger's total and where the per-pass ledger is."""
-    return [
-        "## LLM cost",
-        "",
-        "| LLM calls | requests | cache hits | tokens in | tokens out | cache read | cache write | dollars |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {cost['calls']:,} | {cost['requests']:,} | {cost['cache_hits']:,} | {cost['input_tokens']:,} "
-        f"| {cost['output_tokens']:,} | {cost['cache_read_input_tokens']:,} "
-        f"| {cost['cache_creation_input_tokens']:,} | {dollars_text(cost)} |",
-        "",
-        f"Per pass and mode: [{LEDGER_MD}](../llm/ledger.md).",
-    ]
+def _passes_markdown(stats: Mapping[str, Any]) -> list[str]:
+    """The "Quality judge" and "Augmentation" sections, for the passes that ran."""
+    lines: list[str] = []
+    quality = stats.get("quality") or {}
+    if quality.get("enabled"):
+        lines += [
+            "",
+            f"## Quality judge (threshold {quality['threshold']})",
+            "",
+            f"{quality['pairs']} pairs: {quality['rated']} rated, {quality['kept']} kept, "
+            f"{quality['dropped']} dropped, {quality['unrated']} unrated (kept).",
+            "",
+            "| criterion | 1 | 2 | 3 | 4 | 5 | mean | under threshold |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, c in quality["per_criterion"].items():
+            counts = " | ".join(str(c["ratings"][str(score)]) for score in range(1, 6))
+            lines.append(f"| {name} | {counts} | {c['mean']} | {c['below_threshold']} |")
+        lines += [f"\nUnrated: {count} ({reason})" for reason, count in quality["errors"].items()]
+    augment = stats.get("augment") or {}
+    if augment.get("enabled"):
+        lines += [
+            "",
+            f"## Augmentation ({augment['paraphrases_per_question']} paraphrases per train question)",
+            "",
+            f"{augment['requested']} requested, {augment['returned']} returned, {augment['added']} added: "
+            f"train {augment['train_before']} -> {augment['train_after']} examples (valid, test unchanged).",
+            "",
+            "| not added | count |",
+            "|---|---|",
+        ]
+        lines += [f"| {reason} | {count} |" for reason, count in augment["dropped"].items()] or [
+            "| none | 0 |"
+        ]
+        lines += [f"\nSkipped requests: {count} ({reason})" for reason, count in augment["errors"].items()]
+    return lines
 
 
 def plot_lengths(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:

@@ -13,6 +13,8 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from rouge_score import rouge_scorer
 from sacrebleu.metrics.chrf import CHRF
 
@@ -80,6 +82,27 @@ def corpus_chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     if not predictions:
         return math.nan
     return float(CHRF().corpus_score(list(predictions), [list(references)]).score)
+
+
+def chrf_statistics(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:
+    """Each answer's chrF statistics: hypothesis, reference and matching n-gram counts per order
+    (sacrebleu's segment statistics, 18 numbers with the default 6 character orders).
+
+    Summed over any subset of the answers they give that subset's corpus chrF
+    (:func:`chrf_from_statistics`), which is how a bootstrap resamples corpus chrF without scoring
+    the texts again.
+    """
+    rows = CHRF()._extract_corpus_statistics(list(predictions), [list(references)])
+    return [[int(value) for value in row] for row in rows]
+
+
+def chrf_from_statistics(statistics: Sequence[Sequence[int]] | NDArray[np.int64]) -> float:
+    """Corpus chrF in [0, 100] of the answers whose :func:`chrf_statistics` rows are given (NaN for
+    none); equal to :func:`corpus_chrf` of the same answers."""
+    array = np.asarray(statistics, dtype=np.int64)
+    if array.size == 0:
+        return math.nan
+    return float(CHRF()._compute_f_score(array.sum(axis=0).tolist()))
 
 
 def compile_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
@@ -206,6 +229,17 @@ def score_answer(
         chars=len(text),
         words=word_count(text),
     )
+
+
+def clean(value: Any) -> Any:
+    """``value`` made JSON-safe: NaN and infinity become null (JSON has no NaN), tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
 
 
 def _mean(values: Sequence[float]) -> float:

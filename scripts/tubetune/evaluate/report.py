@@ -1,6 +1,7 @@
-"""The self-contained evaluation report: one HTML file, inline CSS, the loss plot as a data URI.
+"""The self-contained evaluation report: one HTML file, inline CSS, the plots as data URIs.
 
-All text from the data (questions, answers, summary values) goes through Jinja2 autoescaping.
+All text from the data (questions, answers, judge reasons, summary values) goes through Jinja2
+autoescaping.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import jinja2
 
 from tubetune.errors import InputFileError
 from tubetune.evaluate.metrics import METRICS, Better
+from tubetune.evaluate.plots import delta_plot_png
+from tubetune.evaluate.templates import TEMPLATES
+from tubetune.evaluate.verdict import disagreements, judge_context, judge_cost_sentence, parity_context
 from tubetune.jsonio import atomic_write_text
 from tubetune.llm.spend import LEDGER_MD, cost_sentence
 
-TEMPLATES = Path(__file__).parent / "templates"
+NOT_RUN = {"status": "not_run", "reason": "no result in metrics.json"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PERCENT_METRICS = frozenset({"format_compliance", "cut_at_max_rate", "leak_rate", "refusal_rate"})
 DIGITS = {"test_loss": 4, "test_perplexity": 3, "rouge_l": 4, "chrf": 2,
@@ -50,6 +54,12 @@ def png_base64(path: Path) -> str:
     if not data.startswith(PNG_SIGNATURE):
         raise InputFileError(f"{path}: not a PNG image")
     return base64.b64encode(data).decode("ascii")
+
+
+def _format_interval(name: str, interval: Any) -> str:
+    if not isinstance(interval, Sequence) or len(interval) != 2 or any(_is_nan(v) for v in interval):
+        return "n/a"
+    return f"{format_metric(name, interval[0], delta=True)} to {format_metric(name, interval[1], delta=True)}"
 
 
 def _is_nan(value: Any) -> bool:
@@ -139,7 +149,10 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
             "base": format_metric(info.name, metrics["base"][info.name]),
             "tuned": format_metric(info.name, metrics["tuned"][info.name]),
             "delta": format_metric(info.name, metrics["delta"][info.name], delta=True),
+            "interval": _format_interval(info.name, metrics.get("delta_ci95", {}).get(info.name)),
+            "significant": "yes" if metrics.get("significant", {}).get(info.name) else "no",
             "better": str(metrics["better"][info.name]),
+            "css": str(metrics["better"][info.name]).replace(" ", "-"),
             "reference": "" if ref is None else format_metric(info.name, ref),
         })
     return rows
@@ -157,6 +170,38 @@ def _tps(value: Any) -> str:
     return "n/a" if _is_nan(value) else f"{value:.1f}"
 
 
+def _cards(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    videos = metrics.get("n_test_videos")
+    return [
+        {"label": "ROUGE-L, base -> tuned", "value": "{} -> {}".format(
+            format_metric("rouge_l", metrics["base"]["rouge_l"]),
+            format_metric("rouge_l", metrics["tuned"]["rouge_l"]))},
+        {"label": "test loss, base -> tuned", "value": "{} -> {}".format(
+            format_metric("test_loss", metrics["base"]["test_loss"]),
+            format_metric("test_loss", metrics["tuned"]["test_loss"]))},
+        {"label": "format compliance, tuned", "value": format_metric(
+            "format_compliance", metrics["tuned"]["format_compliance"])},
+        {"label": "test questions" + (f" from {videos} video{'s' if videos != 1 else ''}" if videos else ""),
+         "value": str(metrics["n_examples"])},
+    ]
+
+
+def _cost(llm_cost: Mapping[str, Any] | None, judge: Mapping[str, Any]) -> dict[str, str] | None:
+    if llm_cost is None:
+        return None
+    return {"sentence": cost_sentence(llm_cost), "ledger": LEDGER_MD, "judge": judge_cost_sentence(judge)}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
 def render_report(
     metrics: Mapping[str, Any],
     answers: Sequence[Mapping[str, Any]],
@@ -168,36 +213,34 @@ def render_report(
     title: str = "tubetune evaluation: base vs tuned",
     run: str | None = None,
     llm_cost: Mapping[str, Any] | None = None,
+    judge_rows: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The report HTML (self-contained: no external CSS, script or image); ``run``: the training run
-    fused into the tuned model (the winner of the sweep); ``llm_cost``: the LLM ledger's total behind
-    the dataset (:func:`tubetune.llm.spend.ledger_cost`), shown near the top, or None for no line."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    """The report HTML (self-contained: no external CSS, script or image). It opens with the judge's
+    verdict (``metrics["judge"]``, or why the judge was not run), then the metric table with each
+    delta's interval and a picture of them, the judge's most telling decisions (``judge_rows``, rows
+    of judge.jsonl), export parity (``metrics["parity"]``), training, dataset and side by side.
+
+    ``run``: the training run fused into the tuned model (the winner of the sweep); ``llm_cost``: the
+    LLM ledger's total behind the dataset (:func:`tubetune.llm.spend.ledger_cost`), shown near the top
+    with the judge's cost, or None for no cost line."""
+    judge = metrics.get("judge") or NOT_RUN
+    parity = metrics.get("parity") or NOT_RUN
     timing = metrics["timing"]
-    cards = [
-        {"label": "ROUGE-L, base -> tuned", "value": "{} -> {}".format(
-            format_metric("rouge_l", metrics["base"]["rouge_l"]),
-            format_metric("rouge_l", metrics["tuned"]["rouge_l"]))},
-        {"label": "test loss, base -> tuned", "value": "{} -> {}".format(
-            format_metric("test_loss", metrics["base"]["test_loss"]),
-            format_metric("test_loss", metrics["tuned"]["test_loss"]))},
-        {"label": "format compliance, tuned", "value": format_metric(
-            "format_compliance", metrics["tuned"]["format_compliance"])},
-        {"label": "test examples", "value": str(metrics["n_examples"])},
-    ]
+    plot = delta_plot_png(metrics)
+    bootstrap = metrics.get("bootstrap") or {}
     context = {
         "title": title,
         "n_examples": metrics["n_examples"],
+        "n_test_videos": metrics.get("n_test_videos"),
         "quant": metrics["gguf_quant"],
         "max_new_tokens": metrics["max_new_tokens"],
-        "cards": cards,
+        "judge": judge_context(judge),
+        "cards": _cards(metrics),
         "metric_rows": metric_rows(metrics),
+        "resamples": bootstrap.get("resamples"),
+        "delta_png": None if plot is None else base64.b64encode(plot).decode("ascii"),
+        "cases": disagreements(judge_rows, answers) if judge.get("status") == "ok" else None,
+        "parity": parity_context(parity),
         "timing": {
             "base_tps": _tps(timing["base"]["generation_tokens_per_s"]),
             "tuned_tps": _tps(timing["tuned"]["generation_tokens_per_s"]),
@@ -206,7 +249,7 @@ def render_report(
         },
         "training": training_context(train_summary),
         "run": run,
-        "llm_cost": None if llm_cost is None else {"sentence": cost_sentence(llm_cost), "ledger": LEDGER_MD},
+        "llm_cost": _cost(llm_cost, judge),
         "loss_png": png_base64(loss_png),
         "dataset_rows": flatten(dataset_stats),
         "side_by_side": [
@@ -220,7 +263,7 @@ def render_report(
         ],
         "models": metrics["models"],
     }
-    return env.get_template("report.html.j2").render(context)
+    return _environment().get_template("report.html.j2").render(context)
 
 
 def write_report(path: Path, html: str) -> None:

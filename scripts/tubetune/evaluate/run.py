@@ -1,13 +1,15 @@
-"""Rule evaluate: base vs tuned on the test split -> metrics.json, answers.jsonl, report.html.
+"""Rule answer_test: base and tuned answer the test split -> answers.jsonl and scores.json.
 
-The MLX and llama.cpp modules are imported when :func:`evaluate` runs, so the metric functions can be
-used without loading either.
+The heavy half of the evaluation: greedy answers of both GGUF exports through llama.cpp, the masked
+test loss of both model dirs through MLX, and every answer scored against its reference. scores.json
+holds each model's metrics and the per-question values the evaluate rule resamples for its intervals
+(:mod:`tubetune.evaluate.deltas`). The MLX and llama.cpp modules are imported when
+:func:`answer_test` runs, so the rest can be used without loading either.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -18,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 from tubetune.chat import chat_messages
 from tubetune.errors import InputFileError
 from tubetune.evaluate.metrics import (
-    METRICS,
     AnswerScores,
     aggregate_answers,
+    chrf_statistics,
+    clean,
     compile_patterns,
     reference_lengths,
     score_answer,
-    which_is_better,
+    word_count,
 )
-from tubetune.jsonio import read_json, read_jsonl, write_json, write_jsonl
-from tubetune.llm.spend import ledger_cost
-from tubetune.settings import settings_from
+from tubetune.evaluate.settings import AnswerSettings, evaluate_settings
+from tubetune.jsonio import read_jsonl, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from tubetune.evaluate.generate import GenerationRun, GenerationSettings
@@ -41,44 +43,22 @@ LOGGED_METRICS = ("test_loss", "rouge_l", "chrf", "format_compliance", "refusal_
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """The ``evaluate:`` section of config.yaml (defaults and bounds: config.schema.yaml)."""
-
-    quant: str
-    max_new_tokens: int
-    seed: int
-    repeat_penalty: float
-    n_ctx: int
-    max_examples: int | None
-    loss_batch_size: int
-    loss_max_seq_length: int
-    n_side_by_side: int
-    refusal_patterns: tuple[str, ...]
-    leak_markers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EvalInputs:
-    """The evaluate rule's inputs, named as in rules/evaluate.smk."""
+class AnswerInputs:
+    """The answer_test rule's inputs, named as in rules/evaluate.smk."""
 
     test: Path  # the test split (mlx-lm chat JSONL)
-    stats: Path  # the dataset's stats.json
     base_gguf: Path
     tuned_gguf: Path
     base_model: Path  # MLX model dirs: the test loss
     tuned_model: Path
-    loss_png: Path  # the winning run's loss curve, embedded in the report
-    summary: Path  # the winning run's summary.json
-    ledger: Path  # the LLM ledger.json behind the dataset: metrics llm_cost, report line
 
 
 @dataclass(frozen=True)
-class EvalOutputs:
-    """The evaluate rule's outputs, named as in rules/evaluate.smk."""
+class AnswerOutputs:
+    """The answer_test rule's outputs, named as in rules/evaluate.smk."""
 
-    metrics: Path
-    report: Path
-    answers: Path
+    answers: Path  # one row per test question: both answers with their scores
+    scores: Path  # metrics, per-question values for the intervals, timing, models, settings
 
 
 @dataclass(frozen=True)
@@ -123,37 +103,10 @@ def read_test_set(path: Path, max_examples: int | None = None) -> list[TestExamp
     return [_example(row, i, f"{path}:{i + 1}") for i, row in enumerate(rows)]
 
 
-def _clean(value: Any) -> Any:
-    """NaN and infinity become null (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def build_metrics(
-    per_model: Mapping[str, Mapping[str, float]], reference: Mapping[str, float]
-) -> dict[str, Any]:
-    """``base``, ``tuned``, ``delta`` (tuned - base) and ``better`` for every metric."""
-    names = [info.name for info in METRICS if info.name in per_model["base"]]
-    base = {name: float(per_model["base"][name]) for name in names}
-    tuned = {name: float(per_model["tuned"][name]) for name in names}
-    return {
-        "base": base,
-        "tuned": tuned,
-        "delta": {name: tuned[name] - base[name] for name in names},
-        "better": {
-            name: which_is_better(name, base[name], tuned[name], reference.get(name)) for name in names
-        },
-        "reference": dict(reference),
-        "metric_info": {
-            info.name: {"label": info.label, "better": info.better.value, "description": info.description}
-            for info in METRICS if info.name in names
-        },
-    }
+def count_videos(examples: Sequence[TestExample]) -> int | None:
+    """How many videos the examples come from (``meta.video_id``); None when no example names one."""
+    videos = {str(e.meta["video_id"]) for e in examples if e.meta.get("video_id")}
+    return len(videos) or None
 
 
 def _answer_rows(
@@ -179,8 +132,43 @@ def _answer_rows(
                 "loss": example_loss.loss,
                 "loss_tokens": example_loss.n_tokens,
             }
-        rows.append(_clean(row))
+        rows.append(clean(row))
     return rows
+
+
+def per_question(
+    examples: Sequence[TestExample],
+    texts: Mapping[str, Sequence[str]],
+    scores: Mapping[str, Sequence[AnswerScores]],
+    losses: Mapping[str, LossResult],
+) -> dict[str, Any]:
+    """The per-question values behind each metric, in test order: what the intervals resample.
+
+    Per model: ROUGE-L, chrF statistics (summed, they give corpus chrF), loss and scored tokens
+    (token-weighted, they give the test loss), the format / cut / leak / refusal flags and the answer
+    lengths. Also the reference lengths (the "closer to the reference" metrics).
+    """
+    references = [e.reference for e in examples]
+    values: dict[str, Any] = {
+        "reference_chars": [len(r) for r in references],
+        "reference_words": [word_count(r) for r in references],
+    }
+    for name in MODELS:
+        model_scores = scores[name]
+        values[name] = {
+            "rouge_l": [s.rouge_l for s in model_scores],
+            "chrf_statistics": chrf_statistics(texts[name], references),
+            "loss": [e.loss for e in losses[name].examples],
+            "loss_tokens": [e.n_tokens for e in losses[name].examples],
+            "format_ok": [s.format.ok for s in model_scores],
+            "cut_at_max": [s.format.cut_at_max for s in model_scores],
+            "leak": [bool(s.format.leaked) for s in model_scores],
+            "refusal": [s.refusal for s in model_scores],
+            "chars": [s.chars for s in model_scores],
+            "words": [s.words for s in model_scores],
+        }
+    cleaned: dict[str, Any] = clean(values)
+    return cleaned
 
 
 def _timing(runs: Mapping[str, GenerationRun], losses: Mapping[str, LossResult]) -> dict[str, Any]:
@@ -197,7 +185,7 @@ def _timing(runs: Mapping[str, GenerationRun], losses: Mapping[str, LossResult])
     }
 
 
-def generation_settings(settings: EvalSettings, threads: int) -> GenerationSettings:
+def generation_settings(settings: AnswerSettings, threads: int) -> GenerationSettings:
     """llama.cpp answering settings: the generation keys of ``settings`` and the job's threads."""
     from tubetune.evaluate.generate import GenerationSettings
 
@@ -208,9 +196,9 @@ def generation_settings(settings: EvalSettings, threads: int) -> GenerationSetti
 
 
 def run_models(
-    inputs: EvalInputs,
+    inputs: AnswerInputs,
     examples: Sequence[TestExample],
-    settings: EvalSettings,
+    settings: AnswerSettings,
     generation: GenerationSettings,
 ) -> tuple[dict[str, GenerationRun], dict[str, LossResult]]:
     """Both models' greedy answers (llama.cpp on the GGUFs), then their test losses (MLX on the dirs)."""
@@ -236,7 +224,7 @@ def score_model(
     run: GenerationRun,
     loss: LossResult,
     examples: Sequence[TestExample],
-    settings: EvalSettings,
+    settings: AnswerSettings,
     refusal_patterns: Sequence[re.Pattern[str]],
 ) -> tuple[list[AnswerScores], dict[str, float]]:
     """Each answer's scores, and the model's metrics (test loss, perplexity, answer aggregates)."""
@@ -256,24 +244,26 @@ def score_model(
     return scores, metrics
 
 
-def metrics_document(
-    inputs: EvalInputs,
-    settings: EvalSettings,
+def scores_document(
+    inputs: AnswerInputs,
+    settings: AnswerSettings,
+    examples: Sequence[TestExample],
     per_model: Mapping[str, Mapping[str, float]],
-    references: Sequence[str],
+    values: Mapping[str, Any],
     *,
     losses: Mapping[str, LossResult],
     timing: Mapping[str, Any],
     blas: str,
-    run: str | None,
-    llm_cost: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """metrics.json: the metric table (``per_model``) and what produced it."""
-    document: dict[str, Any] = _clean({
-        "n_examples": len(references),
+    """scores.json: each model's metrics, the per-question values behind them, and what produced them."""
+    document: dict[str, Any] = clean({
+        "n_examples": len(examples),
+        "n_test_videos": count_videos(examples),
         "gguf_quant": settings.quant,
         "max_new_tokens": settings.max_new_tokens,
-        **build_metrics(per_model, reference_lengths(references)),
+        "metrics": {name: dict(per_model[name]) for name in MODELS},
+        "reference": reference_lengths([e.reference for e in examples]),
+        "per_question": dict(values),
         "loss_tokens": {name: losses[name].n_tokens for name in MODELS},
         "timing": dict(timing),
         "models": {
@@ -281,35 +271,29 @@ def metrics_document(
             "base_model": str(inputs.base_model), "tuned_model": str(inputs.tuned_model),
         },
         "blas": blas,
-        **({"train_run": run} if run else {}),
-        "llm_cost": dict(llm_cost),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
     })
     return document
 
 
-def evaluate(
-    inputs: EvalInputs, outputs: EvalOutputs, settings: Mapping[str, Any], *, threads: int, run: str | None
+def answer_test(
+    inputs: AnswerInputs, outputs: AnswerOutputs, settings: Mapping[str, Any], *, threads: int
 ) -> dict[str, Any]:
-    """Rule evaluate: base vs tuned on the test split -> metrics.json, answers.jsonl, report.html.
+    """Rule answer_test: base and tuned answer the test split -> answers.jsonl and scores.json.
 
-    ``settings``: the ``evaluate:`` section; ``run``: the training run whose fused adapter is the
-    tuned model (the winner of the sweep). ``quant`` only labels the results: the rule picks the GGUF
-    files of that quantization. Returns the metrics.
+    ``settings``: the answer_test keys of the ``evaluate:`` section (:class:`AnswerSettings`).
+    ``quant`` only labels the results: the rule picks the GGUF files of that quantization. Returns
+    the scores document.
     """
     from tubetune.mlxrt import BLAS
 
-    from tubetune.evaluate.report import render_report, select_side_by_side, write_report
-
     started = time.perf_counter()
     logger.info("BLAS for MLX: %s", BLAS)
-    values = settings_from(EvalSettings, settings, "evaluate")
+    values = evaluate_settings(AnswerSettings, settings)
     refusal_patterns = compile_patterns(values.refusal_patterns)
     examples = read_test_set(inputs.test, values.max_examples)
-    train_summary = read_json(inputs.summary)
-    dataset_stats = read_json(inputs.stats)
-    llm_cost = ledger_cost(inputs.ledger)
-    logger.info("evaluating %d test examples from %s", len(examples), inputs.test)
+    logger.info("answering %d test questions from %s (%s videos)", len(examples), inputs.test,
+                count_videos(examples) or "unknown")
 
     generation = generation_settings(values, threads)
     runs, losses = run_models(inputs, examples, values, generation)
@@ -317,33 +301,29 @@ def evaluate(
         name: score_model(runs[name], losses[name], examples, values, refusal_patterns) for name in MODELS
     }
     scores = {name: scored[name][0] for name in MODELS}
+    texts = {name: [a.text for a in runs[name].answers] for name in MODELS}
     timing = {**_timing(runs, losses), "threads": generation.n_threads,
               "total_seconds": time.perf_counter() - started}
-    metrics = metrics_document(inputs, values, {name: scored[name][1] for name in MODELS},
-                               [e.reference for e in examples], losses=losses, timing=timing, blas=BLAS,
-                               run=run, llm_cost=llm_cost)
-    answer_rows = _answer_rows(examples, runs, scores, losses)
-    side_by_side = select_side_by_side([e.question for e in examples], values.n_side_by_side)
-    html = render_report(metrics, answer_rows, side_by_side, loss_png=inputs.loss_png,
-                         train_summary=train_summary, dataset_stats=dataset_stats, run=run, llm_cost=llm_cost)
-    write_jsonl(outputs.answers, answer_rows)
-    write_json(outputs.metrics, metrics)
-    write_report(outputs.report, html)
+    document = scores_document(
+        inputs, values, examples, {name: scored[name][1] for name in MODELS},
+        per_question(examples, texts, scores, losses), losses=losses, timing=timing, blas=BLAS,
+    )
+    write_jsonl(outputs.answers, _answer_rows(examples, runs, scores, losses))
+    write_json(outputs.scores, document)
     for name in LOGGED_METRICS:
-        logger.info("%s: base %s, tuned %s (%s better)", name, metrics["base"][name],
-                    metrics["tuned"][name], metrics["better"][name])
-    logger.info("wrote %s, %s, %s in %.1f s", outputs.metrics, outputs.answers, outputs.report,
-                metrics["timing"]["total_seconds"])
-    return metrics
+        logger.info("%s: base %s, tuned %s", name, document["metrics"]["base"][name],
+                    document["metrics"]["tuned"][name])
+    logger.info("wrote %s, %s in %.1f s", outputs.answers, outputs.scores, timing["total_seconds"])
+    return document
 
 
 __all__ = [
-    "EvalInputs",
-    "EvalOutputs",
-    "EvalSettings",
+    "AnswerInputs",
+    "AnswerOutputs",
     "TestExample",
-    "build_metrics",
-    "evaluate",
+    "answer_test",
+    "count_videos",
     "generation_settings",
+    "per_question",
     "read_test_set",
 ]

@@ -20,6 +20,9 @@ from tubetune.llm.request import LLMRequest
 
 logger = logging.getLogger(__name__)
 
+# The origin of the sample's reference responses (data/sample/llm_cache): written for the sample, no usage.
+REFERENCE_ORIGIN = "reference response written by hand for the sample channel (not produced by an API call)"
+
 
 @dataclass(frozen=True)
 class CachedResponse:
@@ -93,3 +96,10 @@ def iter_entries(directory: str | Path) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(entry, dict):
             yield entry
+
+
+def store_reference(directory: str | Path, request: LLMRequest, text: str) -> Path:
+    """Store ``text`` as the reference reply to ``request`` in the seed cache ``directory``
+    (origin :data:`REFERENCE_ORIGIN`, no usage): how the sample's replies are added."""
+    response = CachedResponse(key=request.key(), text=text, stop_reason="end_turn", origin=REFERENCE_ORIGIN)
+    return ResponseCache(directory).put(request, response)

@@ -224,6 +224,68 @@ def _copy_float_base(source: BaseSource, target: Path, dtype: str, revision: str
         logger.info("cast %d tensors to %s", count, dtype)
 
 
+# -------------------------------------------------------------------------------------- greedy tokens
+
+# Greedy decoding per runtime, shared by the base check below (the converted model vs llama.cpp on the
+# original GGUF) and the export parity (tubetune.evaluate.parity: the fused model vs its exports). Every
+# runtime gets the same prompt token ids, so only the weights and the runtime differ; a continuation ends
+# after max_tokens tokens or with an end-of-sequence token (kept).
+
+
+def load_mlx(model_dir: str | Path) -> tuple[Any, Any]:
+    """An mlx-lm model dir loaded: the model and its tokenizer (mlx-lm's wrapper, with eos_token_ids)."""
+    from tubetune.mlxrt import BLAS
+
+    from mlx_lm.utils import load
+
+    logger.debug("loading %s with mlx-lm (BLAS: %s)", model_dir, BLAS)
+    loaded = load(str(model_dir))
+    return loaded[0], loaded[1]
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    """The chat template applied to ``messages`` (ending with the generation prompt): text and token ids."""
+    text = str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    return text, [int(t) for t in tokenizer.encode(text, add_special_tokens=False)]
+
+
+def mlx_greedy(model: Any, ids: list[int], max_tokens: int, eos: set[int]) -> list[int]:
+    """Greedy continuation of ``ids`` by an mlx-lm model."""
+    from tubetune.mlxrt import mx
+
+    from mlx_lm.generate import generate_step
+
+    tokens: list[int] = []
+    for (token, _), _index in zip(generate_step(mx.array(ids), model, max_tokens=max_tokens),
+                                  range(max_tokens), strict=False):
+        tokens.append(int(token))
+        if int(token) in eos:
+            break
+    return tokens
+
+
+def llama_cpp_greedy(llm: Any, ids: list[int], max_tokens: int, eos: set[int]) -> list[int]:
+    """Greedy continuation of ``ids`` by a llama-cpp-python ``Llama`` (no sampling, no penalty)."""
+    tokens: list[int] = []
+    if max_tokens < 1:
+        return tokens
+    for next_id in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        tokens.append(int(next_id))
+        if len(tokens) >= max_tokens or int(next_id) in eos:
+            break
+    return tokens
+
+
+def equal_prefix(first: list[int], second: list[int]) -> int:
+    """How many tokens two continuations share before the first divergence."""
+    count = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
 # --------------------------------------------------------------------------------------- parity check
 
 
@@ -255,12 +317,7 @@ class PromptCheck:
 
     @property
     def matching_prefix(self) -> int:
-        count = 0
-        for a, b in zip(self.converted, self.llama_cpp, strict=False):
-            if a != b:
-                break
-            count += 1
-        return count
+        return equal_prefix(self.converted, self.llama_cpp)
 
     @property
     def match(self) -> bool:
@@ -289,35 +346,17 @@ def greedy_parity(
     on one thread: its worker threads spin-wait, and with any other load on a 2-core machine two threads
     decoded 2-6 tok/s against 65-125 tok/s on one.
     """
-    from tubetune.mlxrt import mx
-
     from llama_cpp import Llama
-    from mlx_lm.generate import generate_step
-    from mlx_lm.utils import load
 
-    loaded = load(str(model_dir))
-    model = loaded[0]
-    tokenizer: Any = loaded[1]
+    model, tokenizer = load_mlx(model_dir)
     llm = Llama(str(gguf_path), n_ctx=1024, n_threads=n_threads, verbose=False, seed=0)
     eos = {int(llm.token_eos()), *(int(t) for t in tokenizer.eos_token_ids)}
     checks: list[PromptCheck] = []
     for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        text, ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
         reference_ids = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-        converted: list[int] = []
-        for (token, _), _index in zip(generate_step(mx.array(ids), model, max_tokens=n_tokens),
-                                      range(n_tokens), strict=False):
-            converted.append(int(token))
-            if int(token) in eos:
-                break
-        reference: list[int] = []
-        for next_id in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                    reset=True):
-            reference.append(int(next_id))
-            if len(reference) >= n_tokens or int(next_id) in eos:
-                break
+        converted = mlx_greedy(model, ids, n_tokens, eos)
+        reference = llama_cpp_greedy(llm, ids, n_tokens, eos)
         gap = _divergence_gap(model, ids, converted, reference)
         check = PromptCheck(prompt, len(ids), ids == reference_ids, converted, reference, gap)
         logger.info("check %r: tokenizer %s, first %d greedy tokens %s (matching prefix %d)", prompt,
