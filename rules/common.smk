@@ -89,6 +89,12 @@ def question_settings():
 
 # ---- LLM passes (rules/generate.smk, rules/llm.smk) ----
 
+# The optional LLM passes that are on: the quality judge and the augmentation of build_dataset, the
+# evaluation's judge (rules/dataset.smk, rules/evaluate.smk; rule estimate covers them while on).
+QUALITY_ON = bool(config["quality"]["enabled"])
+AUGMENT_ON = config["augment"]["paraphrases"] > 0
+JUDGE_ON = bool(config["judge"]["enabled"])
+
 # llm keys that change how requests are sent and paid for, not what the model is asked: changing them
 # does not rerun an LLM rule (its requests and their cached replies stay the same).
 LLM_DELIVERY_KEYS = (
@@ -426,10 +432,10 @@ def winner_chosen():
     Snakemake 9 re-evaluates the jobs that depend on a checkpoint once it has run; a job further down
     keeps the rerun reason it got before (while fuse still looked due). fuse, export_hf and evaluate read
     the winner's files (winner_file), which depends on the checkpoint; the jobs after fuse that do not
-    (the tuned GGUF export, the Modelfile) take this input, so that when a new sweep point does not
-    win, fuse and everything after it stay up to date (answer_test takes it too). ancient(): a newer winner.json alone (the
-    comparison reran, same winner) reruns nothing; a new winner changes the winner's files and so fuse
-    and all after it.
+    (the tuned GGUF export, the Modelfile, answer_test, judge, parity) take this input, so that when a new
+    sweep point does not win, fuse and everything after it stay up to date. ancient(): a newer
+    winner.json alone (the comparison reran, same winner) reruns nothing; a new winner changes the
+    winner's files and so fuse and all after it.
     """
     return [ancient(f"{R}/sweep/winner.json")]
 

@@ -1,8 +1,7 @@
 # Step 7: dedup, filter, the quality judge (optional LLM pass), chat JSONL, split by video, augmentation of
 # the train split (optional LLM pass), statistics.
 
-QUALITY_ON = bool(config["quality"]["enabled"])
-AUGMENT_ON = config["augment"]["paraphrases"] > 0
+# QUALITY_ON, AUGMENT_ON: rules/common.smk
 
 
 rule build_dataset:

@@ -75,6 +75,7 @@ rule parity:
         fused=f"{R}/fused",
         gguf=PARITY_GGUF,
         hf=f"{R}/export/hf",
+        winner=winner_chosen(),  # a sweep point that does not win leaves parity alone
     output:
         parity=f"{R}/eval/parity.json",
     params:
@@ -102,6 +103,7 @@ rule judge:
         answers=f"{R}/eval/answers.jsonl",
         chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
         prompt=config["judge"]["prompt"],
+        winner=winner_chosen(),  # a sweep point that does not win leaves the judge alone
     output:
         rows=f"{R}/eval/judge.jsonl",
         summary=f"{R}/eval/judge.json",

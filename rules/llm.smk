@@ -62,11 +62,21 @@ rule llm_ledger:
 
 # Before a run: every request the next run would send, cache hits vs misses, tokens and dollars
 # (online vs batch). No API key, no network. Reruns when the cache, a prompt or a setting changes.
+# The passes after the answers (quality judge, augmentation, the evaluation's judge) are estimated
+# while they are on: their prompt files are inputs and their sections params only then, so enabling
+# a pass reruns the estimate.
+DOWNSTREAM_ON = QUALITY_ON or AUGMENT_ON or JUDGE_ON
+
+
 rule estimate:
     input:
         chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
         questions_prompt=prompt_file("questions"),
         answers_prompt=prompt_file("answers"),
+        selected=f"{R}/videos/selected.json" if DOWNSTREAM_ON else [],  # the channel in the system prompt
+        quality_prompt=config["quality"]["prompt"] if QUALITY_ON else [],
+        augment_prompt=config["augment"]["prompt"] if AUGMENT_ON else [],
+        judge_prompt=config["judge"]["prompt"] if JUDGE_ON else [],
     output:
         json=f"{R}/llm/estimate.json",
         md=f"{R}/llm/estimate.md",
@@ -74,6 +84,12 @@ rule estimate:
         llm=config["llm"],
         questions=question_settings(),
         cache=cache_fingerprint(),
+        # what the passes after the answers send, each section (without its prompt path) while it is on
+        dataset=config["dataset"] if DOWNSTREAM_ON else {},
+        quality={k: v for k, v in config["quality"].items() if k != "prompt"} if QUALITY_ON else {},
+        augment={k: v for k, v in config["augment"].items() if k != "prompt"} if AUGMENT_ON else {},
+        judge=judge_settings() if JUDGE_ON else {},
+        evaluate={"max_new_tokens": config["evaluate"]["max_new_tokens"]} if JUDGE_ON else {},
     log:
         f"{LOGS}/estimate.log",
     conda:

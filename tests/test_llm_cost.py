@@ -11,14 +11,26 @@ import pytest
 import yaml
 
 from tubetune.config import validate_config
+from tubetune.dataset.build import DatasetSettings, Drops, filter_and_dedup
+from tubetune.dataset.quality import PLACEHOLDERS as QUALITY_PLACEHOLDERS
+from tubetune.dataset.quality import rating_plan
 from tubetune.errors import ConfigError, InputFileError
+from tubetune.generate.answers import answer_questions
 from tubetune.generate.chunk import chunk
 from tubetune.generate.prompts import load_prompt
-from tubetune.generate.questions import PLACEHOLDERS, QuestionSettings, extraction_plan, load_chunks
-from tubetune.jsonio import write_json
+from tubetune.generate.questions import (
+    PLACEHOLDERS,
+    QuestionSettings,
+    extract_questions,
+    extraction_plan,
+    load_chunks,
+    validate_questions,
+)
+from tubetune.jsonio import read_jsonl, write_json
 from tubetune.llm.cache import CachedResponse, ResponseCache
 from tubetune.llm.cost import Price, count_tokens, dollars, price_for, price_table, request_tokens
-from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, estimate
+from tubetune.llm.estimate import DEFAULT_OUTPUT_TOKENS_PER_QUESTION, DEFAULT_OUTPUT_TOKENS_PER_UNIT, estimate
+from tubetune.llm.estimate_downstream import DownstreamConfig
 from tubetune.llm.ledger import ledger_total, llm_ledger
 from tubetune.llm.request import LLMRequest, Message
 from tubetune.llm.settings import LLMSettings
@@ -73,7 +85,12 @@ def make_chunks(tmp_path: Path, config: dict[str, Any], names: list[str] | None 
     return paths
 
 
-def run_estimate(tmp_path: Path, config: dict[str, Any], chunk_paths: list[Path]) -> dict[str, Any]:
+def run_estimate(
+    tmp_path: Path,
+    config: dict[str, Any],
+    chunk_paths: list[Path],
+    downstream: DownstreamConfig | None = None,
+) -> dict[str, Any]:
     result = estimate(
         chunk_paths,
         config["questions"]["prompt"],
@@ -82,6 +99,7 @@ def run_estimate(tmp_path: Path, config: dict[str, Any], chunk_paths: list[Path]
         question_section(config),
         tmp_path / "estimate.json",
         tmp_path / "estimate.md",
+        downstream,
     )
     assert json.loads((tmp_path / "estimate.json").read_text()) == result
     return result
@@ -339,7 +357,7 @@ def test_estimate_calibrates_on_real_api_replies(tmp_path: Path, offline: None) 
     assert questions["counted_input_tokens"] == sum(request_tokens(r) for _, _, r in rest)
     assert questions["input_tokens"] == 2 * questions["counted_input_tokens"]
     assert questions["input_tokens"] > uncalibrated["input_tokens"] - 2 * request_tokens(first)
-    assert questions["output_tokens_per_question"] == 20.0  # 60 output tokens for 3 questions
+    assert questions["output_tokens_per_unit"] == 20.0  # 60 output tokens for 3 questions
     assert questions["output_tokens_source"] == "mean of real replies in the cache (3 questions)"
     # the cached reply's questions are validated (duplicates dropped) and answered for real: a miss
     assert result["passes"]["answers"]["projected"] == len(rest)
@@ -387,3 +405,143 @@ def test_prompt_caching_where_the_system_prompt_reaches_the_minimum(tmp_path: Pa
         none["prompt_caching_note"]
         == "no llm.cache_min_tokens entry for claude-sonnet-4-6: no prompt caching"
     )
+
+
+# ------------------------------------------------------------ estimate: quality, augment and the judge
+
+
+def downstream_config(
+    config: dict[str, Any], tmp_path: Path, *, quality: bool = False, paraphrases: int = 0, judge: bool = True
+) -> DownstreamConfig:
+    """The passes after the answers as rule estimate passes them: a section (with its prompt) per pass
+    that is on, None for a pass that is off."""
+
+    def section(name: str, **changes: Any) -> dict[str, Any]:
+        return {**config[name], **changes, "prompt": str(ROOT / config[name]["prompt"])}
+
+    return DownstreamConfig(
+        selected=tmp_path / "selected.json",  # written by make_chunks
+        dataset=config["dataset"],
+        quality=section("quality", enabled=True) if quality else None,
+        augment=section("augment", paraphrases=paraphrases) if paraphrases else None,
+        judge=section("judge") if judge else None,
+        max_new_tokens=config["evaluate"]["max_new_tokens"],
+    )
+
+
+def test_estimate_of_the_sample_with_the_default_passes(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"]["cache_dir"] = str(tmp_path / "cache")
+    chunk_paths = make_chunks(tmp_path, config)
+    result = run_estimate(tmp_path, config, chunk_paths, downstream_config(config, tmp_path))
+    passes = result["passes"]
+    assert list(passes) == ["questions", "answers", "judge"]  # quality and augment are off by default
+    assert passes["questions"]["misses"] == passes["answers"]["misses"] == 0
+    judge = passes["judge"]
+    # two requests per question of the sample's test split (26 questions, config.yaml dataset.split);
+    # the answers to judge come from training, so every request is projected
+    assert judge["requests"] == judge["misses"] == judge["projected"] == 2 * 26 and judge["hits"] == 0
+    assert judge["output_tokens_source"] == "default measured on data/sample/llm_cache"
+    assert judge["expected_output_tokens"] == round(52 * DEFAULT_OUTPUT_TOKENS_PER_UNIT["judge"])
+    assert result["totals"]["misses"] == 52 and result["totals"]["dollars_online"] > 0
+    markdown = (tmp_path / "estimate.md").read_text()
+    assert "| judge | 52 | 0 | 52 | 52 |" in markdown
+    assert (
+        "52 judge requests are projected (the base and tuned answers exist only after training): two per "
+        "test question, the 26 questions of the test split, known from the cached replies" in markdown
+    )
+
+    # augmentation: the seed cache holds the paraphrases of the sample's train split, so every request
+    # the run would send is rendered exactly and found; the judge off: no row
+    result = run_estimate(
+        tmp_path, config, chunk_paths, downstream_config(config, tmp_path, paraphrases=3, judge=False)
+    )
+    augment = result["passes"]["augment"]
+    assert list(result["passes"]) == ["questions", "answers", "augment"]
+    assert augment["requests"] == augment["hits"] == 28 and augment["misses"] == 0
+    assert result["totals"]["misses"] == 0
+
+
+def test_estimate_with_an_empty_cache_projects_the_later_passes(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(cache_dir=str(tmp_path / "cache"), seed_cache_dirs=[])
+    chunk_paths = make_chunks(tmp_path, config, ["Fh7Rt1xWb3E"])
+    chunks = load_chunks(chunk_paths[0])
+    settings = settings_from(QuestionSettings, question_section(config), "questions")
+    asked = sum(settings.count_for(c.n_tokens) for c in chunks)
+    downstream = downstream_config(config, tmp_path, quality=True, paraphrases=2)
+    result = run_estimate(tmp_path, config, chunk_paths, downstream)
+    passes = result["passes"]
+    assert list(passes) == ["questions", "answers", "quality", "augment", "judge"]
+    split = config["dataset"]["split"]
+    expected = {
+        "quality": len(chunks),  # one per chunk
+        "augment": round(split["train"] * len(chunks)),  # one per train chunk
+        "judge": 2 * round(split["test"] * asked),  # two per test question
+    }
+    for name, requests in expected.items():
+        data = passes[name]
+        assert data["requests"] == data["misses"] == data["projected"] == requests > 0, name
+        assert data["input_tokens"] > 0 and data["dollars_online"] > data["dollars_batch"] > 0, name
+    assert passes["quality"]["units_in_misses"] == asked  # every pair expected is rated
+    assert passes["augment"]["output_unit"] == "paraphrase"
+    totals = result["totals"]
+    assert totals["requests"] == sum(p["requests"] for p in passes.values())
+    assert totals["dollars_online"] == pytest.approx(sum(p["dollars_online"] for p in passes.values()))
+    markdown = (tmp_path / "estimate.md").read_text()
+    for name in expected:
+        assert f"{expected[name]} {name} requests are projected" in markdown
+    assert f"dataset.split.train {split['train']:g} of the {len(chunks)} chunks with pairs" in markdown
+    assert not (tmp_path / "cache").exists()
+
+    disabled = downstream_config(config, tmp_path, judge=False)
+    config["judge"]["enabled"] = False  # a section that is passed but off: no row either
+    off = DownstreamConfig(**{**vars(disabled), "judge": {**config["judge"], "prompt": "unused.md"}})
+    for item in (disabled, off):
+        assert list(run_estimate(tmp_path, config, chunk_paths, item)["passes"]) == ["questions", "answers"]
+
+
+def qa_files(tmp_path: Path, config: dict[str, Any], chunk_paths: list[Path]) -> list[Path]:
+    """The Q&A files of the workflow's own passes (extract, validate, answer) from the seed cache."""
+    paths = []
+    for chunks in chunk_paths:
+        folder = tmp_path / "qa"
+        raw, questions = folder / f"{chunks.stem}.raw.jsonl", folder / f"{chunks.stem}.jsonl"
+        extract_questions(chunks, config["questions"]["prompt"], raw, config["llm"], question_section(config))
+        quarantine = folder / f"{chunks.stem}.quarantine.jsonl"
+        validate_questions(raw, chunks, questions, quarantine, question_section(config))
+        qa, dropped = folder / f"{chunks.stem}.qa.jsonl", folder / f"{chunks.stem}.dropped.jsonl"
+        answer_questions(questions, chunks, config["answers"]["prompt"], qa, dropped, config["llm"])
+        paths.append(qa)
+    return paths
+
+
+def test_a_cached_quality_rating_is_a_hit(tmp_path: Path, offline: None) -> None:
+    config = project_config()
+    config["llm"].update(cache_dir=str(tmp_path / "cache"), base_url=f"http://127.0.0.1:{closed_port()}")
+    chunk_paths = make_chunks(tmp_path, config)
+    # the pairs build_dataset would rate, and the first request the quality pass would send for them
+    rows = sorted((row for path in qa_files(tmp_path, config, chunk_paths) for row in read_jsonl(path)),
+                  key=lambda row: str(row["qa_id"]))
+    dataset = settings_from(DatasetSettings, config["dataset"], "dataset")
+    channel = json.loads((tmp_path / "selected.json").read_text())["channel"]["name"]
+    kept = filter_and_dedup(rows, dataset, dataset.system_prompt.replace("{channel}", channel), Drops())
+    llm = settings_from(LLMSettings, config["llm"], "llm")
+    prompt = load_prompt(ROOT / config["quality"]["prompt"], QUALITY_PLACEHOLDERS)
+    chunks = {chunk.chunk_id: chunk for chunk in load_chunks(*chunk_paths)}
+    plan = rating_plan(kept, chunks, prompt, llm)
+    _, pairs, request = plan[0]
+    ratings = [
+        {"index": i, "grounded": 5, "self_contained": 5, "useful": 5, "reason": "Stated in the excerpt."}
+        for i in range(1, len(pairs) + 1)
+    ]
+    reply = json.dumps({"ratings": ratings})
+    ResponseCache(llm.cache_dir).put(request, CachedResponse(request.key(), reply, {}, "end_turn"))
+
+    result = run_estimate(tmp_path, config, chunk_paths, downstream_config(config, tmp_path, quality=True))
+    quality = result["passes"]["quality"]
+    assert quality["requests"] == len(plan) > 1
+    assert quality["hits"] == 1 and quality["misses"] == len(plan) - 1 and quality["projected"] == 0
+    assert quality["output_tokens_per_unit"] == DEFAULT_OUTPUT_TOKENS_PER_UNIT["quality"]
+    # the other chunks' ratings are missing: the judge's test split assumes the quality judge drops none
+    assert "assuming the quality judge drops none" in (tmp_path / "estimate.md").read_text()

@@ -293,6 +293,31 @@ def test_local_dir_base_is_linked_and_cast_without_touching_the_source(
     )
 
 
+def test_auto_dtype_is_float32_on_cpu_for_a_float16_dir(
+    base_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """model.dtype auto on a CPU device: a float16 model dir becomes float32 (no float16 BLAS on CPU),
+    logged with the weights' size; the float16 source is left as it is."""
+    import mlx.core as mx
+
+    half = tmp_path / "half"
+    prepare_base_model(resolve_base(str(base_model_dir)), half, dtype="float16", keep_quantized=False,
+                       revision=None)
+    before = (half / "model.safetensors").read_bytes()
+    out = tmp_path / "auto"
+    with caplog.at_level("INFO", logger="tubetune.model.base"):
+        summary = prepare_base_model(resolve_base(str(half)), out, dtype="auto", keep_quantized=False,
+                                     revision=None)
+    assert mx.default_device().type == mx.cpu  # Linux CI: MLX on CPU
+    assert summary["dtype"] == "float32"
+    weights = mx.load(str(out / "model.safetensors"))
+    assert isinstance(weights, dict) and {value.dtype for value in weights.values()} == {mx.float32}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    assert (half / "model.safetensors").read_bytes() == before
+    assert "model.dtype auto: float32 on a CPU device (stored float16" in caplog.text
+    assert " GB -> " in caplog.text
+
+
 def test_hub_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No network here: point the hub client at a closed local port so it fails fast.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

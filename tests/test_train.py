@@ -346,17 +346,6 @@ def test_memory_over_limit_fails_with_one_line_of_advice() -> None:
     assert "grad_checkpoint" not in str(again.value)
 
 
-def test_blas_threads_leave_busy_cores_alone() -> None:
-    from tubetune.train.blas import choose_blas_threads
-
-    assert choose_blas_threads(2, cores=2, busy=0.0) == 2
-    assert choose_blas_threads(2, cores=2, busy=0.3) == 2
-    assert choose_blas_threads(2, cores=2, busy=1.0) == 1
-    assert choose_blas_threads(2, cores=2, busy=3.0) == 1
-    assert choose_blas_threads(8, cores=16, busy=4.0) == 8
-    assert choose_blas_threads(16, cores=16, busy=4.0) == 12
-
-
 def test_model_shape_from_the_model_config() -> None:
     config = json.loads(json.dumps({
         "hidden_size": 3072, "num_hidden_layers": 28, "intermediate_size": 8192,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
-from workflow import edit_config, snakemake
+from workflow import dry_run_jobs, edit_config, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,19 @@ def test_judge_not_run_without_cached_replies_or_key(all_run: Path) -> None:
     assert "ANTHROPIC_API_KEY is not set" in judge["reason"]
     assert (all_run / "results" / "eval" / "judge.jsonl").read_text() == ""
     assert json.loads((all_run / "results" / "llm" / "usage" / "judge.json").read_text())["calls"] == 0
+    report = (all_run / "results" / "eval" / "report.html").read_text()
+    assert "The judge was not run:" in report and "ANTHROPIC_API_KEY is not set" in report
+    metrics = json.loads((all_run / "results" / "eval" / "metrics.json").read_text())
+    assert metrics["judge"]["status"] == "not_run"
+
+
+def test_judge_reruns_once_a_key_is_set(all_run: Path) -> None:
+    """A judge that ended not_run for want of a key is planned again (and the report after it) once
+    ANTHROPIC_API_KEY is set; nothing upstream of it."""
+    run = snakemake(all_run, "-n", "all", env={"ANTHROPIC_API_KEY": "sk-test"})
+    assert run.returncode == 0, run.output
+    jobs = dry_run_jobs(run)
+    assert set(jobs) == {"judge", "evaluate", "all"}, jobs
 
 
 def test_exported_gguf_answers_in_llama_cpp(all_run: Path) -> None:

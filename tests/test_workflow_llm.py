@@ -84,10 +84,17 @@ def test_online_estimate_then_run_then_ledger(tmp_path: Path, fake: FakeAnthropi
     assert passes["questions"]["misses"] == by_pass["questions"]["calls"]
     assert by_pass["questions"]["mode"] == "online"
 
-    # a second estimate sees every request in the cache
+    # a second estimate sees every request of the dataset passes in the cache; the judge's (on by
+    # default) stay projected until the models have answered
     ok_run(snakemake(workdir, "estimate"))
     again = read(workdir / "results" / "llm" / "estimate.json")
-    assert sum(p["misses"] for p in again["passes"].values()) == 0
+    assert again["passes"]["questions"]["misses"] == again["passes"]["answers"]["misses"] == 0
+    assert again["passes"]["judge"]["misses"] == again["passes"]["judge"]["projected"] > 0
+
+    # enabling a pass reruns the estimate, which then has its row
+    edit_config(workdir, quality={"enabled": True})
+    assert dry_run_jobs(ok_run(snakemake(workdir, "-n", "estimate"))) == {"estimate": 1}
+    edit_config(workdir, quality={"enabled": False})
 
     # a change of delivery settings reruns nothing; a price change reruns the ledger alone
     edit_config(workdir, llm={"concurrency": 5, "max_retries": 1, "timeout_s": 30})

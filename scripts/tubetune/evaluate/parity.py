@@ -27,6 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tubetune.chat import read_chat_rows
+from tubetune.cores import LlamaThreads
 from tubetune.errors import InputFileError
 from tubetune.jsonio import write_json
 from tubetune.model.base import chat_prompt_ids, equal_prefix, llama_cpp_greedy, load_mlx, mlx_greedy
@@ -182,10 +183,15 @@ def gguf_runner(gguf: Path, max_tokens: int, eos: set[int], threads: int) -> Run
         from llama_cpp import Llama
 
         n_ctx = max(len(ids) for ids in prompt_ids) + max_tokens + 16
-        llm = Llama(str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+        chooser = LlamaThreads(threads)  # threads minus the cores other processes keep busy
+        start = chooser.choose()
+        llm = Llama(str(gguf), n_ctx=n_ctx, n_threads=start, n_threads_batch=start, seed=0, verbose=False)
         try:
-            return [llama_cpp_greedy(llm, ids, max_tokens, eos)
-                    for ids in tqdm(prompt_ids, desc="llama.cpp", unit="prompt")]
+            outputs = []
+            for ids in tqdm(prompt_ids, desc="llama.cpp", unit="prompt"):
+                chooser.adjust(llm)
+                outputs.append(llama_cpp_greedy(llm, ids, max_tokens, eos))
+            return outputs
         finally:
             llm.close()
 

@@ -166,6 +166,21 @@ def _side(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _threads_used(timing: Mapping[str, Any]) -> str:
+    """``2 threads`` or, when busy cores took threads away, ``2 threads (1 for 5 of 52 answers)``."""
+    used: dict[str, int] = {}
+    for name in ("base", "tuned"):
+        for threads, count in ((timing.get(name) or {}).get("threads_used") or {}).items():
+            used[threads] = used.get(threads, 0) + int(count)
+    limit = timing["threads"]
+    fewer = {k: v for k, v in used.items() if int(k) < int(limit)}
+    if not fewer:
+        return f"{limit} threads"
+    total = sum(used.values())
+    detail = ", ".join(f"{k} for {v} of {total} answers" for k, v in sorted(fewer.items()))
+    return f"{limit} threads ({detail}: other processes kept cores busy)"
+
+
 def _tps(value: Any) -> str:
     return "n/a" if _is_nan(value) else f"{value:.1f}"
 
@@ -245,6 +260,7 @@ def render_report(
             "base_tps": _tps(timing["base"]["generation_tokens_per_s"]),
             "tuned_tps": _tps(timing["tuned"]["generation_tokens_per_s"]),
             "threads": timing["threads"],
+            "threads_used": _threads_used(timing),
             "total": f"{timing['total_seconds']:.1f}",
         },
         "training": training_context(train_summary),

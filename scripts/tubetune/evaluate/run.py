@@ -180,6 +180,7 @@ def _timing(runs: Mapping[str, GenerationRun], losses: Mapping[str, LossResult])
             "gguf_load_seconds": runs[name].load_seconds,
             "loss_seconds": losses[name].seconds,
             "loss_tokens_per_s": losses[name].tokens_per_s,
+            "threads_used": runs[name].threads_used,
         }
         for name in MODELS
     }

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from tubetune.cores import LlamaThreads
 from tubetune.errors import ConfigError, TubetuneError, one_line
 from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
@@ -268,6 +270,8 @@ class LlamaCppBackend:
 
     Greedy decoding (temperature 0, seed 0): the same request gives the same text. The model is
     loaded on the first call, once per backend; calls are serialised (a ``Llama`` is not thread-safe).
+    Before each call the threads are set to the machine's cores minus those other processes keep busy
+    (:class:`tubetune.cores.LlamaThreads`; the text does not depend on the thread count).
     """
 
     name = "llama_cpp"
@@ -276,6 +280,7 @@ class LlamaCppBackend:
         self.settings = settings
         self._llama: llama_cpp.Llama | None = None
         self._lock = threading.Lock()
+        self.threads = LlamaThreads(os.cpu_count() or 1)
 
     def _load(self) -> llama_cpp.Llama:
         if self._llama is None:
@@ -299,6 +304,7 @@ class LlamaCppBackend:
         messages.extend(m.to_dict() for m in request.messages)
         with self._lock:
             llama = self._load()
+            self.threads.adjust(llama)
             try:
                 result = llama.create_chat_completion(
                     messages=cast(Any, messages),

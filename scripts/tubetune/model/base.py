@@ -193,7 +193,7 @@ def prepare_base_model(
     else:
         if keep_quantized:
             logger.warning("model.keep_quantized applies to a GGUF base only; ignored for %s", source.label)
-        _copy_float_base(source, target, dtype, revision)
+        summary["dtype"] = _copy_float_base(source, target, dtype, revision)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     logger.info("base model ready in %s (%.1f s)", target, summary["seconds"])
     return summary
@@ -209,8 +209,10 @@ def _convert_gguf_base(source: BaseSource, target: Path, dtype: str, keep_quanti
             "tokenizer_pre": result.tokenizer_pre, "quantized": result.quantized}
 
 
-def _copy_float_base(source: BaseSource, target: Path, dtype: str, revision: str | None) -> None:
-    """A local model dir linked, or a hub model downloaded, into ``target``; cast unless dtype is auto."""
+def _copy_float_base(source: BaseSource, target: Path, dtype: str, revision: str | None) -> str:
+    """A local model dir linked, or a hub model downloaded, into ``target``, cast to ``dtype``; ``auto``:
+    float32 on a CPU device (float16/bfloat16 matmuls have no BLAS path there), the stored dtype on
+    Metal and CUDA. Returns the dtype written ("stored" when left as stored)."""
     if source.kind == "dir":
         logger.info("linking the model dir %s into %s", source.path, target)
         for path in sorted(source.path.rglob("*")):
@@ -218,10 +220,43 @@ def _copy_float_base(source: BaseSource, target: Path, dtype: str, revision: str
                 _link_or_copy(path, target / path.relative_to(source.path))
     else:
         download_hub_model(source.location, revision, target)
-    if dtype != "auto":
-        count = cast_safetensors(target, dtype)
-        _set_config_dtype(target, dtype)
-        logger.info("cast %d tensors to %s", count, dtype)
+    resolved = auto_dtype(target) if dtype == "auto" else dtype
+    if resolved == "stored":
+        return resolved
+    count = cast_safetensors(target, resolved)
+    _set_config_dtype(target, resolved)
+    logger.info("cast %d tensors to %s", count, resolved)
+    return resolved
+
+
+def auto_dtype(model_dir: Path) -> str:
+    """``model.dtype: auto`` for a model dir: "float32" on a CPU device when any floating-point weight is
+    stored narrower (logged with the weights' size before and after), else "stored"."""
+    from tubetune.mlxrt import mx
+
+    if mx.default_device().type != mx.cpu:
+        return "stored"
+    stored: set[str] = set()
+    size = 0
+    as_float32 = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        arrays = mx.load(str(path))
+        if not isinstance(arrays, dict):
+            raise ConfigError(f"{path}: not a safetensors file")
+        for value in arrays.values():
+            size += value.nbytes
+            if mx.issubdtype(value.dtype, mx.floating):
+                stored.add(str(value.dtype).removeprefix("mlx.core."))
+                as_float32 += value.size * 4
+            else:
+                as_float32 += value.nbytes
+    if stored <= {"float32"}:
+        return "stored"
+    logger.info(
+        "model.dtype auto: float32 on a CPU device (stored %s; float16/bfloat16 matmuls have no BLAS path "
+        "on CPU): weights %.2f GB -> %.2f GB", ", ".join(sorted(stored)), size / 1e9, as_float32 / 1e9,
+    )
+    return "float32"
 
 
 # -------------------------------------------------------------------------------------- greedy tokens

@@ -1,19 +1,14 @@
-"""OpenBLAS threads during training: the rule's threads, minus the cores other processes keep busy.
-
-OpenBLAS splits every matmul between its threads and waits for the slowest; when another process
-holds one of the cores, each of the thousands of small matmuls of a step stalls for a scheduler time
-slice (measured on 2 cores: 2 threads 21 tokens/s vs 1 thread 93 tokens/s with one other busy
-process, but 128 vs 96 tokens/s on an idle machine).
-"""
+"""OpenBLAS threads during training: the rule's threads, minus the cores other processes keep busy
+(:mod:`tubetune.cores`: each of the thousands of small matmuls of a step would otherwise stall while
+another process holds one of the cores)."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import time
-from pathlib import Path
 from typing import Any
+
+from tubetune.cores import free_threads
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +19,6 @@ def _openblas_function(name: str) -> Any:
         return getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
-
-
-def other_running_processes(samples: int = 5, interval: float = 0.02) -> float:
-    """Mean number of running threads of *other* processes (Linux ``/proc``), sampled briefly."""
-    own = str(os.getpid())
-    counts = []
-    for index in range(samples):
-        running = 0
-        for stat in Path("/proc").glob("[0-9]*/task/*/stat"):
-            if stat.parts[2] == own:
-                continue
-            try:
-                state = stat.read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            running += state == "R"
-        counts.append(running)
-        if index + 1 < samples:
-            time.sleep(interval)
-    return sum(counts) / len(counts)
-
-
-def choose_blas_threads(requested: int, cores: int | None = None, busy: float | None = None) -> int:
-    """OpenBLAS threads to train with: ``requested``, minus the cores other running processes occupy."""
-    cores = cores or os.cpu_count() or 1
-    busy = other_running_processes() if busy is None else busy
-    free = max(1, cores - round(busy))
-    return max(1, min(requested, free))
 
 
 class BlasThreads:
@@ -78,7 +45,7 @@ class BlasThreads:
         return self.current
 
     def _choose(self, requested: int) -> None:
-        chosen = choose_blas_threads(requested)
+        chosen = free_threads(requested)
         if chosen == self.current:
             return
         if self.current is not None and chosen < requested:
