@@ -1,23 +1,17 @@
 """Rule estimate: every request the next run would send, cache hits vs misses, tokens and dollars."""
 
 from tubetune.llm.estimate import estimate
-from tubetune.llm.estimate_downstream import DownstreamConfig
+from tubetune.llm.estimate_downstream import downstream_config
 from tubetune.logs import run_step
 
-
-def section(name: str, prompt: str) -> dict | None:
-    """A pass's config section with its prompt file (an input), or None while the pass is off."""
-    values = snakemake.params.get(name)
-    return {**values, "prompt": snakemake.input[prompt]} if values else None
-
-
-downstream = DownstreamConfig(
-    selected=snakemake.input.get("selected") or None,
-    dataset=snakemake.params.dataset,
-    quality=section("quality", "quality_prompt"),
-    augment=section("augment", "augment_prompt"),
-    judge=section("judge", "judge_prompt"),
-    max_new_tokens=snakemake.params.evaluate.get("max_new_tokens", 256),
+downstream = downstream_config(
+    snakemake.input.get("selected"),
+    snakemake.params.dataset,
+    {
+        name: (snakemake.params.get(name), snakemake.input.get(f"{name}_prompt"))
+        for name in ("quality", "augment", "judge")
+    },
+    snakemake.params.evaluate,
 )
 
 run_step(
@@ -30,6 +24,6 @@ run_step(
         question_config=snakemake.params.questions,
         estimate_json=snakemake.output.json,
         estimate_md=snakemake.output.md,
-        downstream=downstream if snakemake.params.dataset else None,
+        downstream=downstream,
     ),
 )

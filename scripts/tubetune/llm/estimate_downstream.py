@@ -83,7 +83,29 @@ class DownstreamConfig:
     quality: Mapping[str, Any] | None = None
     augment: Mapping[str, Any] | None = None
     judge: Mapping[str, Any] | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # evaluate.max_new_tokens, given while the judge is on
+
+
+def downstream_config(
+    selected: str | Path | None,
+    dataset: Mapping[str, Any],
+    sections: Mapping[str, tuple[Mapping[str, Any], str | Path | None]],
+    evaluate: Mapping[str, Any],
+) -> DownstreamConfig | None:
+    """The rule's inputs and params as a :class:`DownstreamConfig`: ``sections`` maps quality / augment
+    / judge to (its params without the prompt, its prompt file), empty while the pass is off; None
+    when every pass is off (``dataset`` is then empty)."""
+    if not dataset:
+        return None
+
+    def section(name: str) -> dict[str, Any] | None:
+        values, prompt = sections[name]
+        return {**values, "prompt": str(prompt)} if values else None
+
+    return DownstreamConfig(
+        selected=selected or None, dataset=dataset, quality=section("quality"), augment=section("augment"),
+        judge=section("judge"), max_new_tokens=evaluate.get("max_new_tokens"),
+    )
 
 
 @dataclass
@@ -289,6 +311,8 @@ def _judge(
     prompt = load_prompt(settings.prompt, JUDGE_PLACEHOLDERS)
     chunks = {item.chunk.chunk_id: item.chunk for item in pairs}
     tally = PassTally()
+    if config.max_new_tokens is None:
+        raise ValueError("the judge's estimate needs evaluate.max_new_tokens")
     cap = round(config.max_new_tokens * CHARS_PER_TOKEN)
     lengths = ", ".join(f"{m} {min(c, cap)}" for m, c in JUDGED_ANSWER_CHARS.items())
     splits, why = _known_split(replay, dataset)
