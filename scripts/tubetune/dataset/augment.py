@@ -23,11 +23,11 @@ from typing import Any
 from tubetune.dataset.dedup import find_duplicates
 from tubetune.dataset.passes import pass_client, write_usage, zero_usage
 from tubetune.errors import TubetuneError
-from tubetune.generate.prompts import PromptTemplate, load_prompt
+from tubetune.generate.prompts import PromptTemplate, load_prompt, prompt_request
 from tubetune.jsonio import write_json
 from tubetune.llm.batch import PlannedRequest
 from tubetune.llm.client import ExtraCheck, LLMClient
-from tubetune.llm.request import LLMRequest, Message
+from tubetune.llm.request import LLMRequest
 from tubetune.llm.settings import LLMSettings
 from tubetune.settings import settings_from
 
@@ -90,14 +90,7 @@ def paraphrase_request(
 ) -> LLMRequest:
     """The request for ``n`` paraphrases of each of ``examples`` (the train examples of one chunk)."""
     user = prompt.render(title=title, pairs=numbered_pairs(examples), n=n)
-    return LLMRequest(
-        backend=llm.backend,
-        model=llm.request_model,
-        system=prompt.system,
-        messages=(Message("user", user),),
-        output_schema=dict(PARAPHRASE_SCHEMA),
-        max_tokens=llm.max_tokens,
-    )
+    return prompt_request(prompt, user, llm, PARAPHRASE_SCHEMA)
 
 
 def check_paraphrases(n_questions: int, n: int) -> ExtraCheck:

@@ -82,6 +82,14 @@ def chunk_request(
         chunk=chunk.text,
         **values,
     )
+    return prompt_request(prompt, user, llm, output_schema)
+
+
+def prompt_request(
+    prompt: PromptTemplate, user: str, llm: LLMSettings, output_schema: Mapping[str, Any]
+) -> LLMRequest:
+    """The request of ``prompt``'s system part and the rendered ``user`` text, for ``llm``'s backend and
+    model, the reply constrained by ``output_schema``."""
     return LLMRequest(
         backend=llm.backend,
         model=llm.request_model,
