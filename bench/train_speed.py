@@ -1,9 +1,9 @@
 """Training speed benchmark: tubetune's runner vs stock ``mlx_lm lora`` vs Hugging Face PEFT on torch (CPU).
 
-Not a test: run it by hand (minutes) and read the table.
+Not a test: run it by hand (about 10 minutes on 2 cores with the defaults) and read the table.
 
-    .venv/bin/python bench/train_speed.py                       # all three, defaults below
-    .venv/bin/python bench/train_speed.py --skip stock          # stock mlx-lm is slow on Linux CPU
+    .venv/bin/python bench/train_speed.py                          # ours, peft (3x alternating), stock once
+    .venv/bin/python bench/train_speed.py --systems ours,plain,peft  # with the unfused CPU step
 
 Every system trains the same LoRA (rank, alpha, all linear layers of the last ``--num-layers`` blocks)
 of the same model dir on the same examples, in batches of ``--batch-size`` x ``--seq-len`` tokens.
@@ -13,14 +13,16 @@ every batch is exactly ``batch_size x seq_len`` tokens after truncation and hold
 ``batch_size x (seq_len - 1)`` predicted tokens: tokens/s is that count over the time of the timed
 steps (after ``--warmup`` untimed steps, which include compilation). No prompt masking.
 
-* ours:  ``tubetune.train.runner.run_training`` (OpenBLAS preloaded, float32, compiled step); the
-         time per step comes from mlx-lm's own report to our callback (metrics.jsonl), which excludes
-         validation.
+* ours:  ``tubetune.train.runner.run_training`` (OpenBLAS preloaded, float32, compiled step; on a CPU
+         device the fused step of ``tubetune.train.cpu_ops``); the time per step comes from mlx-lm's
+         own report to our callback (metrics.jsonl), which excludes validation.
+* plain: the same with ``train.cpu_fused: false`` (mlx-lm's own ops; not run unless asked for).
 * stock: ``python -m mlx_lm lora --train ...`` in a fresh process without our BLAS preload (on Linux
-         it uses the reference BLAS of the mlx wheel). Its console output is not parsed: the
-         benchmark runs it twice, with ``warmup`` and ``warmup + stock_iters`` iterations, and
-         divides the difference of the wall times by ``stock_iters``.
-* peft:  transformers + PEFT on torch CPU (float32, ``torch.set_num_threads(threads)``), AdamW.
+         it uses the reference BLAS of the mlx wheel), in batches of ``--stock-batch-size`` (1: its
+         steps take about 40 s per 256 tokens). Its console output is not parsed: the benchmark runs it
+         twice, with ``stock_warmup`` and ``stock_warmup + stock_iters`` iterations, and divides the
+         difference of the wall times by ``stock_iters``.
+* peft:  transformers + PEFT on torch CPU (float32, ``torch.set_num_threads(threads)``), Adam.
 
 Each system runs in its own process. Results: ``<out>/train_speed.json`` and ``<out>/train_speed.md``.
 """
@@ -47,9 +49,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 logger = logging.getLogger("train_speed")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SYSTEMS = ("ours", "stock", "peft")
+SYSTEMS = ("ours", "plain", "peft", "stock")
 SETTING_KEYS = ("batch_size", "seq_len", "rank", "alpha", "num_layers", "threads", "iters", "warmup",
-                "stock_iters", "repeats")
+                "stock_batch_size", "stock_warmup", "stock_iters", "repeats")
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -118,11 +120,12 @@ def build_bench_dataset(
 # ----------------------------------------------------------------------------------------- systems
 
 
-def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) -> dict[str, Any]:
-    result = work / "ours.json"
+def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, *,
+             fused: bool = True) -> dict[str, Any]:
+    result = work / ("ours.json" if fused else "plain.json")
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--worker", "ours", "--model", str(model_dir), "--data", str(data),
-           "--result", str(result), *common_flags(args)]
+    cmd = [sys.executable, __file__, "--worker", "ours" if fused else "plain", "--model", str(model_dir),
+           "--data", str(data), "--result", str(result), *common_flags(args)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     measured: dict[str, Any] = json.loads(result.read_text())
@@ -130,7 +133,11 @@ def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) 
     return measured
 
 
-def worker_ours(args: argparse.Namespace) -> None:
+def run_plain(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) -> dict[str, Any]:
+    return run_ours(args, model_dir, data, work, fused=False)
+
+
+def worker_ours(args: argparse.Namespace, *, fused: bool = True) -> None:
     from tubetune.config import section_config
     from tubetune.settings import settings_from
     from tubetune.train.reproduce import run_layout
@@ -143,6 +150,7 @@ def worker_ours(args: argparse.Namespace) -> None:
         "alpha": args.alpha, "num_layers": args.num_layers, "mask_prompt": False, "steps_per_report": 1,
         "steps_per_eval": total, "val_batches": 1, "early_stopping_patience": None, "learning_rate": 1e-4,
         "lr_schedule": "constant", "warmup_ratio": 0.0, "optimizer": "adam", "profile": None,
+        "cpu_fused": fused,
     }), "train")
     out = Path(tempfile.mkdtemp(prefix="ours-", dir=Path(args.result).parent))
     outputs = run_layout(out)
@@ -165,6 +173,7 @@ def worker_ours(args: argparse.Namespace) -> None:
         "blas": f"{summary['blas'].split(' (')[0]} ({summary['blas_threads']['end']} threads)",
         "blas_threads": summary["blas_threads"],
         "peak_memory_gb": summary["peak_memory_gb"],
+        "cpu_kernels": summary["cpu_kernels"],
     }))
 
 
@@ -180,7 +189,7 @@ def run_stock(args: argparse.Namespace, model_dir: Path, data: Path, work: Path)
     def timed_run(iters: int) -> float:
         adapters = work / f"stock-adapters-{iters}"
         cmd = [sys.executable, "-m", "mlx_lm", "lora", "--train", "--model", str(model_dir),
-               "--data", str(data), "--fine-tune-type", "lora", "--batch-size", str(args.batch_size),
+               "--data", str(data), "--fine-tune-type", "lora", "--batch-size", str(args.stock_batch_size),
                "--iters", str(iters),
                "--max-seq-length", str(args.seq_len), "--num-layers", str(args.num_layers),
                "--steps-per-report", "1", "--steps-per-eval", "100000", "--val-batches", "1",
@@ -191,10 +200,10 @@ def run_stock(args: argparse.Namespace, model_dir: Path, data: Path, work: Path)
         subprocess.run(cmd, check=True, env=env, cwd=work, stdout=quiet, stderr=quiet)
         return time.perf_counter() - started
 
-    short = timed_run(args.warmup)
-    long = timed_run(args.warmup + args.stock_iters)
+    short = timed_run(args.stock_warmup)
+    long = timed_run(args.stock_warmup + args.stock_iters)
     per_step = (long - short) / args.stock_iters
-    tokens_per_step = args.batch_size * (args.seq_len - 1)
+    tokens_per_step = args.stock_batch_size * (args.seq_len - 1)
     return {
         "tokens_per_second": tokens_per_step / per_step,
         "timed_steps": args.stock_iters,
@@ -276,10 +285,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, batch {settings['batch_size']} x {settings['seq_len']} tokens, "
         f"rank {settings['rank']}, alpha {settings['alpha']}, num_layers {settings['num_layers']}, "
         f"{settings['threads']} threads; {report['machine']}; load average before/after "
-        f"{report['load_before']} / {report['load_after']}.",
+        f"{report['load_before']} / {report['load_after']}; the whole benchmark took "
+        f"{report['bench_seconds'] / 60:.1f} minutes.",
         "",
-        "| system | tokens/s (median) | ours / system | runs (tokens/s) | load avg before each | BLAS |",
-        "|---|---:|---:|---|---|---|",
+        "| system | batch | tokens/s (median) | ours / system | runs (tokens/s) | load avg before each "
+        "| BLAS |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     ours = report["results"].get("ours", {}).get("tokens_per_second")
     for name, result in report["results"].items():
@@ -287,7 +298,9 @@ def markdown(report: dict[str, Any]) -> str:
         ratio = f"{ours / speed:.2f}" if ours and name != "ours" else ""
         each = ", ".join(f"{value:.1f}" for value in result["runs_tokens_per_second"])
         loads = ", ".join(f"{value:.2f}" for value in result["runs_load_before"])
-        lines.append(f"| {name} | {speed:.1f} | {ratio} | {each} | {loads} | {result.get('blas', '')} |")
+        batch = settings["stock_batch_size"] if name == "stock" else settings["batch_size"]
+        lines.append(f"| {name} | {batch} x {settings['seq_len']} | {speed:.1f} | {ratio} | {each} | {loads} "
+                     f"| {result.get('blas', '')} |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -299,6 +312,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--iters", type=int, default=8, help="timed steps (ours, peft)")
     parser.add_argument("--stock-iters", type=int, default=2, help="timed steps of stock mlx_lm lora")
+    parser.add_argument("--stock-warmup", type=int, default=1, help="untimed steps of stock mlx_lm lora")
+    parser.add_argument("--stock-batch-size", type=int, default=1,
+                        help="stock mlx_lm lora batch size (its reference BLAS takes ~40 s per 256 tokens)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -306,20 +322,26 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--num-layers", type=int, default=-1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of ours and peft")
-    parser.add_argument("--skip", default="", help="comma-separated systems to skip: stock,peft,ours")
-    parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of ours, plain and peft")
+    parser.add_argument("--systems", default="ours,peft,stock",
+                        help=f"comma-separated, from {','.join(SYSTEMS)} "
+                        "(plain: ours with train.cpu_fused false)")
+    parser.add_argument("--worker", choices=["ours", "plain", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.worker == "ours":
-        worker_ours(args)
+    if args.worker in ("ours", "plain"):
+        worker_ours(args, fused=args.worker == "ours")
         return
     if args.worker == "peft":
         worker_peft(args)
         return
 
-    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    chosen = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="tubetune-train-speed-"))
     try:
         model_dir = ensure_model(args.model, work)
@@ -328,13 +350,13 @@ def main() -> None:
         count = build_bench_dataset(rows, model_dir, data, args.seq_len, args.batch_size * 8)
         logger.info("bench dataset: %d examples of > %d tokens from %s", count, args.seq_len, source)
         load_before = round(os.getloadavg()[0], 2)
-        runners = {"ours": run_ours, "stock": run_stock, "peft": run_peft}
+        runners = {"ours": run_ours, "plain": run_plain, "stock": run_stock, "peft": run_peft}
         runs: dict[str, list[dict[str, Any]]] = {}
-        # ours and peft alternate --repeats times (the median is reported), stock runs once: a busy
-        # machine slows multi-threaded BLAS a lot, so alternating keeps the comparison fair.
+        # ours, plain and peft alternate --repeats times (the median is reported), stock runs once: a
+        # busy machine slows multi-threaded BLAS a lot, so alternating keeps the comparison fair.
         for repeat in range(args.repeats):
             for name in SYSTEMS:
-                if name in skip or (name == "stock" and repeat > 0):
+                if name not in chosen or (name == "stock" and repeat > 0):
                     continue
                 logger.info("running %s (%d/%d)", name, repeat + 1, args.repeats)
                 load = round(os.getloadavg()[0], 2)
@@ -360,6 +382,7 @@ def main() -> None:
             "ratios": {f"ours/{name}": ours / r["tokens_per_second"]
                        for name, r in results.items() if ours and name != "ours"},
             "command": " ".join([".venv/bin/python", "bench/train_speed.py", *sys.argv[1:]]),
+            "bench_seconds": round(time.perf_counter() - started, 1),
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "train_speed.json").write_text(json.dumps(report, indent=2) + "\n")

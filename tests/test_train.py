@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,8 @@ def test_real_run_summary_plot_and_adapter_config(trained: dict[str, Any]) -> No
     assert on_disk["dataset"]["train"]["examples"] == 48 and on_disk["dataset"]["valid"]["examples"] == 8
     assert on_disk["tokens_per_second_mean"] > 0 and on_disk["peak_memory_gb"] > 0
     assert on_disk["train_loss_function"] == "target_loss"  # SmolLM2 is a llama: logits at targets only
+    # On a CPU device with g++: the fused CPU step (tests/test_cpu_ops.py checks its loss and gradients)
+    assert on_disk["cpu_kernels"]["active"] is (shutil.which("g++") is not None), on_disk["cpu_kernels"]
     assert on_disk["final_train_loss"] == summary["final_train_loss"]
     assert "BLAS" in on_disk["blas"] or "Accelerate" in on_disk["blas"]
     assert outputs.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,7 +24,7 @@ from tubetune.mlxrt import mx
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ def per_example_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx
 
 
 def _masked_cross_entropy(
-    model: Any, batch: mx.array, lengths: mx.array, *, upcast: bool
+    model: Any, batch: mx.array, lengths: mx.array, *, upcast: bool,
+    cross_entropy: Callable[[mx.array, mx.array], mx.array] = nn.losses.cross_entropy,
 ) -> tuple[mx.array, mx.array]:
     inputs = batch[:, :-1]
     targets = batch[:, 1:]
@@ -61,11 +62,14 @@ def _masked_cross_entropy(
         logits = logits.astype(mx.float32)
     steps = mx.arange(1, targets.shape[1] + 1)  # index of each target in the un-shifted row
     mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
-    ce = nn.losses.cross_entropy(logits, targets).astype(mx.float32) * mask
+    ce = cross_entropy(logits, targets).astype(mx.float32) * mask
     return ce, mask
 
 
-def masked_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+def masked_loss(
+    model: Any, batch: mx.array, lengths: mx.array, *,
+    cross_entropy: Callable[[mx.array, mx.array], mx.array] = nn.losses.cross_entropy,
+) -> tuple[mx.array, mx.array]:
     """Drop-in replacement for ``mlx_lm.tuner.trainer.default_loss`` without the padding target.
 
     The train rule passes it as ``loss=`` to mlx-lm's ``train()``, so the validation loss that picks
@@ -73,7 +77,7 @@ def masked_loss(model: Any, batch: mx.array, lengths: mx.array) -> tuple[mx.arra
     ``default_loss`` it keeps the logits in the model's dtype (a float32 copy of ``[B, T, vocab]``
     costs 0.5 GB per 1,024 tokens of Llama 3 on a 16 GB Mac); the cross-entropy is summed in float32.
     """
-    ce, mask = _masked_cross_entropy(model, batch, lengths, upcast=False)
+    ce, mask = _masked_cross_entropy(model, batch, lengths, upcast=False, cross_entropy=cross_entropy)
     total = mask.sum()
     return ce.sum() / total, total
 

@@ -53,6 +53,8 @@ from tubetune.train.callback import (
     MetricsWriter,
     TrainingDiverged,
 )
+from tubetune.train.cpu_ops import composed_ops, cross_entropy, with_cross_entropy
+from tubetune.train.jit import prepare_jit
 from tubetune.train.loss import masked_loss
 from tubetune.train.memory import MemoryEstimate, ModelShape, check_memory, estimate_memory, memory_limit_gb
 from tubetune.train.plot import plot_losses
@@ -504,6 +506,25 @@ class Fitted:
     diverged: TrainingDiverged | None
     train_seconds: float
     loss_function: str
+    cpu_kernels: dict[str, Any]
+
+
+def cpu_kernels(settings: TrainSettings) -> dict[str, Any]:
+    """Whether the step uses :mod:`tubetune.train.cpu_ops` with :mod:`tubetune.train.jit`'s compiler.
+
+    On a CPU device with ``train.cpu_fused``: the compiler wrapper and kernel cache are set up here
+    (before the first compiled step). ``{"active": bool, "reason": str, ...}`` for summary.json.
+    """
+    if on_gpu():
+        return {"active": False, "reason": "GPU device: mlx-lm's own kernels"}
+    if not settings.cpu_fused:
+        return {"active": False, "reason": "train.cpu_fused is false"}
+    setup = prepare_jit()
+    if setup.active:
+        logger.info("CPU step: SwiGLU, attention and cross-entropy as fused kernels (%s)", setup.reason)
+    else:
+        logger.warning("CPU step: mlx-lm's own ops, unfused (%s)", setup.reason)
+    return setup.record()
 
 
 def _callbacks(model: Model, optimizer: optim.Optimizer, plan: TrainingPlan, settings: TrainSettings,
@@ -567,11 +588,16 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
         iterate, loss = with_targets(iterate), target_loss
     logger.info("loss: %s", "logits at scored positions only (target_loss)" if loss is target_loss
                 else "masked_loss over all positions")
+    kernels = cpu_kernels(settings)
+    ops = composed_ops() if kernels["active"] else contextlib.nullcontext()
+    if kernels["active"]:
+        loss = with_cross_entropy(loss, cross_entropy)
     mx.reset_peak_memory()
     diverged: TrainingDiverged | None = None
     train_started = time.perf_counter()
     try:
-        _train(model, optimizer, plan, settings, outputs, loss, iterate, chain)
+        with ops:
+            _train(model, optimizer, plan, settings, outputs, loss, iterate, chain)
     except TrainingDiverged as exc:
         if exc.iteration == 0:  # the data gives no loss: nothing was trained, nothing to keep
             raise
@@ -590,7 +616,7 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
         iterations_run = diverged.iteration
     else:
         iterations_run = best.stop_iteration if best.stop_iteration is not None else plan.iters
-    return Fitted(metrics, best, iterations_run, diverged, train_seconds, loss.__name__)
+    return Fitted(metrics, best, iterations_run, diverged, train_seconds, loss.__name__, kernels)
 
 
 # ----------------------------------------------------------------------------------- 5. summary
@@ -623,6 +649,7 @@ def summarize(settings: TrainSettings, prepared: PreparedModel, plan: TrainingPl
         "diverged": {"iteration": diverged.iteration, "message": str(diverged)} if diverged else None,
         "tokens_per_second_mean": metrics.mean_tokens_per_second,
         "train_loss_function": fitted.loss_function,
+        "cpu_kernels": fitted.cpu_kernels,
         "tokens_counted": "answer tokens (prompt masked)" if settings.mask_prompt else "all but padding",
         "trained_tokens": int(metrics.train_tokens),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),

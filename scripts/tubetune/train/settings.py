@@ -50,6 +50,7 @@ class TrainSettings:
     weight_decay: float
     mask_prompt: bool
     grad_checkpoint: bool
+    cpu_fused: bool
     seed: int
     dtype: DtypeName
     steps_per_report: int

@@ -85,11 +85,13 @@ def _head(model: Any, hidden: mx.array) -> mx.array:
 
 
 def target_loss(
-    model: Any, batch: mx.array, lengths: mx.array, index: mx.array, weight: mx.array
+    model: Any, batch: mx.array, lengths: mx.array, index: mx.array, weight: mx.array, *,
+    cross_entropy: Callable[[mx.array, mx.array], mx.array] = nn.losses.cross_entropy,
 ) -> tuple[mx.array, mx.array]:
     """Mean cross-entropy over the scored targets (see the module doc) and their number.
 
     ``lengths`` is not used: ``index`` and ``weight`` were computed from it on the host.
+    ``cross_entropy``: per-position loss of ``(logits, targets)`` (see :mod:`tubetune.train.cpu_ops`).
     """
     del lengths
     inputs = batch[:, :-1]
@@ -97,6 +99,6 @@ def target_loss(
     hidden = model.model(inputs)
     hidden = hidden.reshape(-1, hidden.shape[-1])[index]
     logits = _head(model, hidden)
-    ce = nn.losses.cross_entropy(logits, targets[index]).astype(mx.float32) * weight
+    ce = cross_entropy(logits, targets[index]).astype(mx.float32) * weight
     ntoks = weight.sum()
     return ce.sum() / mx.maximum(ntoks, 1.0), ntoks.astype(mx.int32)
