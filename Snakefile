@@ -25,11 +25,19 @@ include: "rules/export.smk"
 include: "rules/evaluate.smk"
 
 
+# Run by the main Snakemake process also on a cluster: the targets and the cheap aggregations (an index
+# page, the cost estimate and ledger, the sweep ranking, the manifests, the Modelfile; the evaluate rule
+# says localrule itself).
 localrules:
     all,
     dataset,
     train,
     llm_ledger,
+    estimate,
+    review_index,
+    compare,
+    manifest,
+    modelfile,
 
 
 rule all:

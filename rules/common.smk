@@ -28,6 +28,24 @@ BENCH = f"{R}/benchmarks"
 ALL_CORES = 1024
 
 
+# ---- resources of a job (config resources.<class>) ----
+# Every rule declares threads (1, or ALL_CORES for the heavy ones), mem_mb and runtime (minutes), the
+# standard names that the SLURM and Kubernetes executor plugins turn into a job's request. The GPU
+# resources are declared only when resources.<class>.gpu > 0: a CPU run asks for no GPU, and the
+# Kubernetes executor rejects a gpu resource (even 0) without gpu_manufacturer.
+
+def job_resources(kind):
+    """The resources of a rule of class ``kind`` (light, llm, llm_batch, model, train, evaluate)."""
+    settings = config["resources"][kind]
+    resources = {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"]}
+    if settings.get("gpu", 0) > 0:
+        resources["gpu"] = settings["gpu"]
+        for key in ("gpu_model", "gpu_manufacturer"):
+            if settings[key] is not None:
+                resources[key] = settings[key]
+    return resources
+
+
 # ---- code versions: reruns when the Python code behind a rule changes ----
 # Snakemake reruns a job when its rule's script changes, not when a tubetune module the script imports
 # changes. The heavy rules have a param ``code=code_version("scripts/<their script>.py")``, a hash of
@@ -113,9 +131,11 @@ def llm_batch_mode():
 
 
 def llm_requests_limit():
-    """The limit of the llm_requests resource (profile or --resources), or None when unset."""
+    """The limit of the llm_requests resource (profile or --resources), or None when unset (also in a
+    job that a cluster executor runs: its Snakemake process has the resource without a value)."""
     value = workflow.global_resources.get("llm_requests")
-    return int(getattr(value, "value", value)) if value is not None else None
+    value = getattr(value, "value", value)
+    return int(value) if value is not None else None
 
 
 def llm_job_requests():

@@ -41,7 +41,9 @@ rule build_dataset:
         code=code_version("scripts/build_dataset.py"),
     log:
         f"{LOGS}/build_dataset.log",
+    threads: 1
     resources:
+        **job_resources("llm"),
         # requests in flight: none with both passes off; batch mode 1 (the passes' Message Batches, like
         # batch_questions); online a per-video LLM job's share
         llm_requests=(1 if llm_batch_mode() else llm_job_requests()) if QUALITY_ON or AUGMENT_ON else 0,

@@ -23,6 +23,8 @@ rule answer_test:
     benchmark:
         f"{BENCH}/answer_test.tsv"
     threads: ALL_CORES
+    resources:
+        **job_resources("evaluate"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -60,6 +62,9 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate.tsv"
     localrule: True
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -86,6 +91,8 @@ rule parity:
     benchmark:
         f"{BENCH}/parity.tsv"
     threads: ALL_CORES
+    resources:
+        **job_resources("evaluate"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -119,7 +126,9 @@ rule judge:
         f"{LOGS}/judge.log",
     benchmark:
         f"{BENCH}/judge.tsv"
+    threads: 1
     resources:
+        **job_resources("llm"),
         llm_requests=judge_llm_requests(),
     conda:
         "../envs/tubetune.yaml"

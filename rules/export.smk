@@ -24,6 +24,9 @@ rule export_hf:
         f"{LOGS}/export_hf.log",
     benchmark:
         f"{BENCH}/export_hf.tsv"
+    threads: 1
+    resources:
+        **job_resources("model"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -44,6 +47,9 @@ rule export_gguf:
         f"{LOGS}/export_gguf/{{model}}-{{qtype}}.log",
     benchmark:
         f"{BENCH}/export_gguf/{{model}}-{{qtype}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("model"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -63,6 +69,9 @@ rule modelfile:
         code=code_version("scripts/modelfile.py"),
     log:
         f"{LOGS}/modelfile.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:

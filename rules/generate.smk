@@ -12,6 +12,9 @@ rule chunk:
         chunk=config["chunk"],
     log:
         f"{LOGS}/chunk/{{video}}.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -31,7 +34,9 @@ rule extract_questions:
         questions=question_settings(),
     log:
         f"{LOGS}/extract_questions/{{video}}.log",
+    threads: 1
     resources:
+        **job_resources("llm"),
         llm_requests=llm_job_requests(),
     conda:
         "../envs/tubetune.yaml"
@@ -50,6 +55,9 @@ rule validate_questions:
         questions=question_settings(),
     log:
         f"{LOGS}/validate_questions/{{video}}.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -70,7 +78,9 @@ rule answer_questions:
         llm=llm_params(),
     log:
         f"{LOGS}/answer_questions/{{video}}.log",
+    threads: 1
     resources:
+        **job_resources("llm"),
         llm_requests=llm_job_requests(),
     conda:
         "../envs/tubetune.yaml"
@@ -88,6 +98,9 @@ rule review:
         page=f"{R}/review/{{video}}.md",
     log:
         f"{LOGS}/review/{{video}}.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -101,6 +114,9 @@ rule review_index:
         index_page=f"{R}/review/index.md",
     log:
         f"{LOGS}/review_index.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:

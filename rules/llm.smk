@@ -15,7 +15,9 @@ rule batch_questions:
         questions=question_settings(),
     log:
         f"{LOGS}/batch_questions.log",
+    threads: 1
     resources:
+        **job_resources("llm_batch"),
         llm_requests=1,
     conda:
         "../envs/tubetune.yaml"
@@ -35,7 +37,9 @@ rule batch_answers:
         llm=llm_params(),
     log:
         f"{LOGS}/batch_answers.log",
+    threads: 1
     resources:
+        **job_resources("llm_batch"),
         llm_requests=1,
     conda:
         "../envs/tubetune.yaml"
@@ -54,6 +58,9 @@ rule llm_ledger:
         prices=config["llm"]["prices"],
     log:
         f"{LOGS}/llm_ledger.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -92,6 +99,9 @@ rule estimate:
         evaluate={"max_new_tokens": config["evaluate"]["max_new_tokens"]} if JUDGE_ON else {},
     log:
         f"{LOGS}/estimate.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -26,6 +26,9 @@ rule manifest:
         workflow_dir=WORKFLOW_DIR,
     log:
         f"{LOGS}/manifest/{{run}}.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:

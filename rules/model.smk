@@ -16,6 +16,8 @@ rule base_model:
     benchmark:
         f"{BENCH}/base_model.tsv"
     threads: ALL_CORES
+    resources:
+        **job_resources("model"),
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -12,7 +12,9 @@ checkpoint list_videos:
         source=source_settings(LIST_KEYS),
     log:
         f"{LOGS}/list_videos.log",
+    threads: 1
     resources:
+        **job_resources("light"),
         youtube=1,
     conda:
         "../envs/tubetune.yaml"
@@ -33,7 +35,9 @@ rule fetch_transcript:
         source=source_settings(FETCH_KEYS),
     log:
         f"{LOGS}/fetch_transcript/{{video}}.log",
+    threads: 1
     resources:
+        **job_resources("light"),
         youtube=1,
     conda:
         "../envs/tubetune.yaml"

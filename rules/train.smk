@@ -26,6 +26,8 @@ rule train_run:
     benchmark:
         f"{BENCH}/train/{{run}}.tsv"
     threads: ALL_CORES
+    resources:
+        **job_resources("train"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -46,6 +48,8 @@ rule test_loss:
     log:
         f"{LOGS}/test_loss/{{run}}.log",
     threads: ALL_CORES
+    resources:
+        **job_resources("train"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -67,6 +71,9 @@ checkpoint compare:
         code=code_version("scripts/compare.py"),
     log:
         f"{LOGS}/compare.log",
+    threads: 1
+    resources:
+        **job_resources("light"),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -88,6 +95,8 @@ rule fuse:
     benchmark:
         f"{BENCH}/fuse.tsv"
     threads: ALL_CORES
+    resources:
+        **job_resources("model"),
     conda:
         "../envs/tubetune.yaml"
     script:

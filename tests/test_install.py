@@ -21,11 +21,17 @@ def test_conda_env_mirrors_requirements() -> None:
 
 
 def test_every_requirement_is_pinned_and_mlx_has_platform_markers() -> None:
-    for line in _requirements(REPO / "requirements.txt") + _requirements(REPO / "requirements-dev.txt"):
+    files = ("requirements.txt", "requirements-dev.txt", "requirements-cuda.txt")
+    for line in [line for name in files for line in _requirements(REPO / name)]:
         assert "==" in line, line
     reqs = _requirements(REPO / "requirements.txt")
     assert 'mlx==0.32.4; sys_platform == "darwin"' in reqs
     assert 'mlx[cpu]==0.32.4; sys_platform == "linux"' in reqs
+    # the optional GPU extra (pip install -e '.[cuda]'): the same mlx, CUDA on Linux only
+    assert _requirements(REPO / "requirements-cuda.txt") == ['mlx[cuda]==0.32.4; sys_platform == "linux"']
+    assert 'optional-dependencies.cuda = { file = ["requirements-cuda.txt"] }' in (
+        REPO / "pyproject.toml"
+    ).read_text()
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -127,7 +127,7 @@ def dry_run_reasons(run: Run) -> dict[str, set[str]]:
     reasons: dict[str, set[str]] = {}
     rule = None
     for line in run.output.splitlines():
-        match = re.match(r"^(?:localrule|rule|checkpoint) (\w+):", line)
+        match = re.match(r"^(?:localrule|rule|checkpoint|localcheckpoint) (\w+):", line)
         if match:
             rule = match.group(1)
         elif rule and line.strip().startswith("reason:"):
