@@ -33,7 +33,6 @@ from typing import Any, cast
 import mlx.nn as nn
 import mlx_lm.models.llama as llama
 
-LossFn = Callable[..., tuple[mx.array, mx.array]]
 CrossEntropy = Callable[[mx.array, mx.array], mx.array]
 
 
