@@ -156,6 +156,9 @@ from tubetune.train.jit import prepare_jit
 from pathlib import Path
 setup = prepare_jit(Path({root!r}))
 assert setup.active, setup.reason
+# again, with the wrapper now first on PATH (as in a job started by this process): the real compiler
+again = prepare_jit(Path({root!r}))
+assert again.active and again.compiler == setup.compiler and again.cache_dir == setup.cache_dir, again
 from tubetune.mlxrt import mx
 fused = mx.compile(lambda a, b: mx.exp(a - b) * a + b)
 a, b = mx.arange(1000, dtype=mx.float32) / 1000, mx.ones(1000)

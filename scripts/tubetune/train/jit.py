@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 FLAGS = ("-march=native", "-finline-limit=1000", "-fno-trapping-math", "-fno-math-errno")
 CACHE_ENV = "TUBETUNE_JIT_CACHE"  # root of the kernel caches (default: $XDG_CACHE_HOME/tubetune/mlx-jit)
 COMPILER = "g++"  # the name MLX runs
+WRAPPER_MARK = "# Runs the C++ compiler with flags for this CPU (tubetune.train.jit)"
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _write_wrapper(bin_dir: Path, compiler: str, flags: tuple[str, ...], log: Pa
     # jobs on one host share the cache) never loads a half-written file.
     script = (
         "#!/bin/sh\n"
-        "# Runs the C++ compiler with flags for this CPU (tubetune.train.jit); MLX calls it as g++.\n"
+        f"{WRAPPER_MARK}; MLX calls it as g++.\n"
         f'echo "$*" {flag_text} >> {shlex.quote(str(log))}\n'
         "out=\n"
         "prev=\n"
@@ -128,13 +129,35 @@ def _check_build(wrapper: Path, work: Path) -> str | None:
     return None
 
 
+def _is_wrapper(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return WRAPPER_MARK.encode() in handle.read(512)
+    except OSError:
+        return False
+
+
+def real_compiler() -> str | None:
+    """The first ``g++`` on ``PATH`` that is not a wrapper of :func:`prepare_jit`.
+
+    A process started by one that called :func:`prepare_jit` (a Snakemake job started from a test, a
+    second training run in one process) inherits the wrapper first on ``PATH``; wrapping it again would
+    make the wrapper run itself.
+    """
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which(COMPILER, path=entry) if entry else None
+        if candidate is not None and not _is_wrapper(Path(candidate)):
+            return candidate
+    return None
+
+
 def prepare_jit(root: Path | None = None, flags: tuple[str, ...] = FLAGS) -> JitSetup:
     """Point MLX's CPU kernel builds at the wrapper and the per-host cache (see the module doc).
 
     Call it before the first ``mx.compile``-d function runs on the CPU in this process: MLX keeps the
     kernels it already loaded.
     """
-    compiler = shutil.which(COMPILER)
+    compiler = real_compiler()
     if compiler is None:
         return JitSetup(None, None, (), f"no {COMPILER} on PATH: MLX cannot fuse CPU kernels")
     try:
