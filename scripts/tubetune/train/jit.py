@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import logging
 import os
 import platform
 import shlex
@@ -27,8 +26,6 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 FLAGS = ("-march=native", "-finline-limit=1000", "-fno-trapping-math", "-fno-math-errno")
 CACHE_ENV = "TUBETUNE_JIT_CACHE"  # root of the kernel caches (default: $XDG_CACHE_HOME/tubetune/mlx-jit)
