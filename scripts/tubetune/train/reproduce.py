@@ -10,17 +10,17 @@ with the manifest's train settings on the same files into ``--out`` (default
 manifest's, log a table, write ``reproduce.json`` there, and exit 1 if any differs by more than
 the tolerance.
 
-Tolerance, measured on this project's 2-core Linux machine (OpenBLAS 0.3.31, SKYLAKEX kernels):
+Tolerance, measured on this project's 2-core AMD EPYC Linux machine (OpenBLAS 0.3.29, ZEN kernels):
 three runs of the tiny-test profile (SmolLM2-135M float32, 6 iterations, val at 0/2/4/6) with
-OPENBLAS_NUM_THREADS 1, 2 and 1 gave bit-identical val losses (max difference 0.0),
-and so did the rerun from the manifest in tests/test_manifest.py.
-The thread count does not change the sums: OpenBLAS splits a matrix product into blocks of the
-output, not along the summed dimension (float32 GEMMs of the model's shapes are byte-identical with
-1 and 2 threads), and everything else is seeded. What can move the losses is another CPU kernel
-(AVX2 vs AVX-512), another BLAS (Accelerate, the reference BLAS) or another mlx version: the
-manifest records these and the rerun warns when they differ. DEFAULT_TOLERANCE (1e-3) allows that
-floating-point noise and is still far below what a real change does (train.seed 6 instead of 5 moved
-the tiny run's val loss by 0.011 after 2 iterations and 0.028 after 4; see tests/test_manifest.py).
+OPENBLAS_NUM_THREADS 1, 2 and 1: the 1-thread runs gave bit-identical val losses, the 2-thread run
+differed by at most 4.8e-7 (with these kernels a float32 GEMM's last bits depend on the thread count;
+with the SKYLAKEX kernels of OpenBLAS 0.3.31 they did not). The runner lowers the thread count while
+other processes keep cores busy, so a rerun can differ at that level. What else can move the losses
+is another CPU kernel (AVX2 vs AVX-512), another BLAS (Accelerate, the reference BLAS) or another mlx
+version: the manifest records these and the rerun warns when they differ. DEFAULT_TOLERANCE (1e-3)
+allows that floating-point noise and is still far below what a real change does (train.seed 6
+instead of 5 moved the tiny run's val loss by 0.011 after 2 iterations and 0.028 after 4; see
+tests/test_manifest.py).
 """
 
 from __future__ import annotations
