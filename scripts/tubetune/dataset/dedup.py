@@ -91,11 +91,17 @@ def content_words(text: str) -> str:
     return " ".join(w for w in normalize(text).split() if w not in STOPWORDS)
 
 
-def _minhash(text: str) -> MinHash:
-    signature = MinHash(num_perm=NUM_PERM, seed=1)
-    padded = f"  {content_words(text)}  "
-    for i in range(max(1, len(padded) - 3)):
-        signature.update(padded[i : i + 4].encode("utf-8"))
+# The hash permutations of every signature (seed 1), made once: MinHash builds them per instance otherwise.
+_TEMPLATE = MinHash(num_perm=NUM_PERM, seed=1)
+
+
+def _minhash(words: str) -> MinHash:
+    """The signature of a text's content words (:func:`content_words`)."""
+    signature = MinHash(
+        num_perm=NUM_PERM, seed=1, permutations=_TEMPLATE.permutations, scheme=_TEMPLATE.scheme
+    )
+    padded = f"  {words}  "
+    signature.update_batch([padded[i : i + 4].encode("utf-8") for i in range(max(1, len(padded) - 3))])
     return signature
 
 
@@ -116,18 +122,21 @@ def find_duplicates(texts: Sequence[str], threshold: float) -> list[Duplicate]:
     duplicates: list[Duplicate] = []
     first_by_text: dict[str, int] = {}
     lsh = MinHashLSH(threshold=max(0.2, threshold - 0.4), num_perm=NUM_PERM)
+    words: dict[int, str] = {}  # content words of the items in the index
     for index, text in enumerate(texts):
         key = normalize(text)
         if key in first_by_text:
             duplicates.append(Duplicate(index, first_by_text[key], "exact", 1.0))
             continue
         first_by_text[key] = index
-        signature = _minhash(text)
+        words[index] = content_words(text)
+        signature = _minhash(words[index])
         best: tuple[float, int] | None = None
-        for candidate in lsh.query(signature):
-            score = similarity(text, texts[int(candidate)])
+        # in index order: of equally similar earlier items, the earliest is named (the query is a set)
+        for candidate in sorted(int(key) for key in lsh.query(signature)):
+            score = fuzz.token_sort_ratio(words[index], words[candidate]) / 100.0
             if score >= threshold and (best is None or score > best[0]):
-                best = (score, int(candidate))
+                best = (score, candidate)
         if best is not None:
             duplicates.append(Duplicate(index, best[1], "near", round(best[0], 3)))
             continue
