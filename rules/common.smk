@@ -54,7 +54,7 @@ def job_resources(kind):
 # tubetune.codehash.EXCLUDED: modules whose edits never change a result (errors, jsonio, logs and the
 # LLM cost modules llm.ledger / llm.spend), so that rewording a message does not retrain a model.
 # An edit to the other modules changes the param: "Params have changed since last execution".
-# Not on the LLM rules (extract_questions, answer_questions, batch_*): their requests are cached by
+# Not on the LLM rules (questions, answers, batch_*): their requests are cached by
 # content, so rerunning them on a code edit would only replay the cache; a code edit that changes what
 # is sent to the model changes the request keys, and the next run of the rule picks that up.
 
@@ -74,24 +74,55 @@ def code_version(script):
     return _CODE_VERSIONS[script]
 
 
+# ---- shards: the videos in config["shards"] groups by a hash of their id (tubetune.shards) ----
+# The per-video steps run as three jobs per shard (rules transcripts, questions, answers), each writing its
+# videos' files under results/<step>/<shard>/. A new video changes one shard; an edited transcript reruns
+# its shard's jobs only, and their LLM requests of the unchanged chunks are cache hits.
+
+from tubetune.shards import SHARD as _SHARD  # noqa: E402
+from tubetune.shards import group_by_shard as _group_by_shard  # noqa: E402
+
 wildcard_constraints:
-    video=r"[A-Za-z0-9_-]{11}",
+    shard=_SHARD,
+
+_LISTING = {}
 
 
-def selected_videos():
-    """Video ids chosen by the list_videos checkpoint (re-evaluated once it has run)."""
+def _listing():
+    """The videos of the list_videos checkpoint, by id in listing order, read once per version of the file."""
     import json
 
-    listing = checkpoints.list_videos.get().output.selected
-    with open(listing, encoding="utf-8") as handle:
-        return [video["id"] for video in json.load(handle)["videos"]]
+    path = checkpoints.list_videos.get().output.selected
+    stamp = os.stat(path).st_mtime_ns
+    if _LISTING.get("stamp") != stamp:
+        with open(path, encoding="utf-8") as handle:
+            videos = {video["id"]: video for video in json.load(handle)["videos"]}
+        _LISTING.update(stamp=stamp, videos=videos, shards=_group_by_shard(videos, config["shards"]))
+    return _LISTING
 
 
-def per_video(pattern):
-    """Input function: ``pattern`` expanded over the selected videos."""
+def selected_shards():
+    """Names of the shards that hold at least one selected video (re-evaluated once the checkpoint ran)."""
+    return list(_listing()["shards"])
+
+
+def shard_videos(wildcards):
+    """The entries of selected.json of the videos of one shard, in listing order: a param of the
+    transcripts rule (a changed title, a new video in the shard reruns that shard only)."""
+    listing = _listing()
+    return [listing["videos"][video] for video in listing["shards"].get(wildcards.shard, [])]
+
+
+def shard_video_ids(wildcards):
+    """The ids of the videos of one shard, in listing order."""
+    return list(_listing()["shards"].get(wildcards.shard, []))
+
+
+def per_shard(pattern):
+    """Input function: ``pattern`` expanded over the shards that hold a selected video."""
 
     def inputs(wildcards):
-        return expand(pattern, video=selected_videos())
+        return expand(pattern, shard=selected_shards())
 
     return inputs
 
@@ -139,10 +170,10 @@ def llm_requests_limit():
 
 
 def llm_job_requests():
-    """Requests one per-video LLM job keeps in flight: its share of the llm_requests resource.
+    """Requests one per-shard LLM job keeps in flight: its share of the llm_requests resource.
 
     anthropic online: llm.concurrency (capped at the resource's limit); batch: 0 (the batch pass
-    sends; the per-video jobs read the cache); llama_cpp: 1 (one local model, one request at a time).
+    sends; the per-shard jobs read the cache); llama_cpp: 1 (one local model, one request at a time).
     """
     llm = config["llm"]
     if llm["backend"] != "anthropic":
@@ -154,7 +185,7 @@ def llm_job_requests():
 
 
 def batch_report(pass_name):
-    """llm.mode batch: the batch pass report a per-video LLM job reads its replies after; else none.
+    """llm.mode batch: the batch pass report a per-shard LLM job reads its replies after; else none.
 
     ancient(): a new report (the pass reran for one edited video) does not rerun the other videos'
     jobs; a job that reruns for its own reasons still waits for the pass and reads the new report.
@@ -163,8 +194,8 @@ def batch_report(pass_name):
 
 
 def ledger_records():
-    """Input function: the usage records of the LLM jobs that make the calls: the per-video jobs
-    online; in batch mode the two batch passes (the per-video jobs then only read the cache). Then
+    """Input function: the usage records of the LLM jobs that make the calls: the per-shard jobs
+    online; in batch mode the two batch passes (the per-shard jobs then only read the cache). Then
     the record of each pass of build_dataset that is on (quality, augment), either mode."""
 
     def inputs(wildcards):
@@ -173,7 +204,7 @@ def ledger_records():
         else:
             passes = ("questions", "answers")
             records = expand(
-                f"{R}/llm/usage/{{llm_pass}}/{{video}}.json", llm_pass=passes, video=selected_videos()
+                f"{R}/llm/usage/{{llm_pass}}/{{shard}}.json", llm_pass=passes, shard=selected_shards()
             )
         if config["quality"]["enabled"]:
             records.append(f"{R}/llm/usage/quality.json")
@@ -258,26 +289,28 @@ def local_transcript_files(wildcards):
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
 
 
-def local_transcript(wildcards):
-    """local source: the transcript file of one video (json, srt, vtt or txt)."""
+_TRANSCRIPT_NAMES = {}
+
+
+def _transcript_file(video):
+    """local source: the transcript file of ``video`` (<id>.json before .srt, .vtt, .txt), or None;
+    the folder is listed once per run."""
+    if "names" not in _TRANSCRIPT_NAMES:
+        _TRANSCRIPT_NAMES["names"] = {Path(path).name: path for path in local_transcript_files(None)}
+    names = _TRANSCRIPT_NAMES["names"]
+    for suffix in (".json", ".srt", ".vtt", ".txt"):
+        if f"{video}{suffix}" in names:
+            return names[f"{video}{suffix}"]
+    return None
+
+
+def shard_transcript_files(wildcards):
+    """local source: the transcript file of each of one shard's videos that has one: an input of the
+    transcripts rule, so that an edit to one of them reruns only its shard."""
     if config["source"]["type"] != "local":
         return []
-    folder = Path(config["source"]["transcripts_dir"])
-    for suffix in (".json", ".srt", ".vtt", ".txt"):
-        candidate = folder / f"{wildcards.video}{suffix}"
-        if candidate.exists():
-            return [str(candidate)]  # a list, also when empty: the script reads input.transcript[0]
-    return []
-
-
-def video_meta(wildcards):
-    """Title, duration and URL of one video, as listed by the checkpoint."""
-    import json
-
-    listing = checkpoints.list_videos.get().output.selected
-    with open(listing, encoding="utf-8") as handle:
-        videos = {video["id"]: video for video in json.load(handle)["videos"]}
-    return videos[wildcards.video]
+    files = (_transcript_file(video) for video in shard_video_ids(wildcards))
+    return [path for path in files if path is not None]
 
 
 # ---- base model (rules/model.smk) ----
@@ -371,7 +404,7 @@ def judge_can_call():
 
 
 def judge_llm_requests():
-    """The judge job's share of the llm_requests resource: as a per-video LLM job online; one in batch
+    """The judge job's share of the llm_requests resource: as a per-shard LLM job online; one in batch
     mode, where the job runs the batch pass itself."""
     return 1 if llm_batch_mode() else llm_job_requests()
 

@@ -6,15 +6,14 @@
 
 rule build_dataset:
     input:
-        qa=per_video(f"{R}/qa/{{video}}.jsonl"),
-        dropped=per_video(f"{R}/qa/{{video}}.dropped.jsonl"),
-        quarantine=per_video(f"{R}/questions/{{video}}.quarantine.jsonl"),
-        chunk_status=per_video(f"{R}/chunks/{{video}}.status.json"),
+        # the shard folders: Q&A pairs and dropped questions, quarantined questions, chunk statuses (and
+        # the chunk texts, which the quality judge reads)
+        qa=per_shard(f"{R}/qa/{{shard}}"),
+        questions=per_shard(f"{R}/questions/{{shard}}"),
+        chunks=per_shard(f"{R}/chunks/{{shard}}"),
         selected=f"{R}/videos/selected.json",
         filtered=f"{R}/videos/filtered.tsv",
-        # the optional LLM passes' files, inputs only while their pass is on: the chunk texts and the
-        # prompt of the quality judge, the paraphrase prompt
-        chunks=per_video(f"{R}/chunks/{{video}}.jsonl") if QUALITY_ON else [],
+        # the optional LLM passes' prompts, inputs only while their pass is on
         quality_prompt=config["quality"]["prompt"] if QUALITY_ON else [],
         augment_prompt=config["augment"]["prompt"] if AUGMENT_ON else [],
     output:
@@ -45,7 +44,7 @@ rule build_dataset:
     resources:
         **job_resources("llm"),
         # requests in flight: none with both passes off; batch mode 1 (the passes' Message Batches, like
-        # batch_questions); online a per-video LLM job's share
+        # batch_questions); online a per-shard LLM job's share
         llm_requests=(1 if llm_batch_mode() else llm_job_requests()) if QUALITY_ON or AUGMENT_ON else 0,
     conda:
         "../envs/tubetune.yaml"

@@ -108,7 +108,7 @@ rule parity:
 rule judge:
     input:
         answers=f"{R}/eval/answers.jsonl",
-        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        chunks=per_shard(f"{R}/chunks/{{shard}}"),
         prompt=config["judge"]["prompt"],
         winner=winner_chosen(),  # a sweep point that does not win leaves the judge alone
     output:

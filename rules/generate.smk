@@ -1,39 +1,22 @@
-# Steps 3-6: chunk each transcript, extract questions (LLM), validate them, answer them grounded in
-# their chunk (LLM), and write a Markdown page per video for review.
+# Steps 4-6 for one shard of videos: extract questions (LLM) and validate them; answer them grounded in
+# their chunk (LLM) and write a Markdown page per video for review. Chunking is in rule transcripts.
 
 
-rule chunk:
+rule questions:
     input:
-        transcript=f"{R}/transcripts/{{video}}.json",
-    output:
-        chunks=f"{R}/chunks/{{video}}.jsonl",
-        status=f"{R}/chunks/{{video}}.status.json",
-    params:
-        chunk=config["chunk"],
-    log:
-        f"{LOGS}/chunk/{{video}}.log",
-    threads: 1
-    resources:
-        **job_resources("light"),
-    conda:
-        "../envs/tubetune.yaml"
-    script:
-        "../scripts/chunk.py"
-
-
-rule extract_questions:
-    input:
-        chunks=f"{R}/chunks/{{video}}.jsonl",
+        chunks=f"{R}/chunks/{{shard}}",
         prompt=prompt_file("questions"),
         batch=batch_report("questions"),
     output:
-        questions=f"{R}/questions/raw/{{video}}.jsonl",
-        usage=f"{R}/llm/usage/questions/{{video}}.json",
+        raw=directory(f"{R}/questions/raw/{{shard}}"),
+        questions=directory(f"{R}/questions/{{shard}}"),
+        usage=f"{R}/llm/usage/questions/{{shard}}.json",
     params:
+        videos=shard_video_ids,
         llm=llm_params(),
         questions=question_settings(),
     log:
-        f"{LOGS}/extract_questions/{{video}}.log",
+        f"{LOGS}/questions/{{shard}}.log",
     threads: 1
     resources:
         **job_resources("llm"),
@@ -41,43 +24,25 @@ rule extract_questions:
     conda:
         "../envs/tubetune.yaml"
     script:
-        "../scripts/extract_questions.py"
+        "../scripts/questions.py"
 
 
-rule validate_questions:
+rule answers:
     input:
-        raw=f"{R}/questions/raw/{{video}}.jsonl",
-        chunks=f"{R}/chunks/{{video}}.jsonl",
-    output:
-        questions=f"{R}/questions/{{video}}.jsonl",
-        quarantine=f"{R}/questions/{{video}}.quarantine.jsonl",
-    params:
-        questions=question_settings(),
-    log:
-        f"{LOGS}/validate_questions/{{video}}.log",
-    threads: 1
-    resources:
-        **job_resources("light"),
-    conda:
-        "../envs/tubetune.yaml"
-    script:
-        "../scripts/validate_questions.py"
-
-
-rule answer_questions:
-    input:
-        questions=f"{R}/questions/{{video}}.jsonl",
-        chunks=f"{R}/chunks/{{video}}.jsonl",
+        transcripts=f"{R}/transcripts/{{shard}}",
+        chunks=f"{R}/chunks/{{shard}}",
+        questions=f"{R}/questions/{{shard}}",
         prompt=prompt_file("answers"),
         batch=batch_report("answers"),
     output:
-        qa=f"{R}/qa/{{video}}.jsonl",
-        dropped=f"{R}/qa/{{video}}.dropped.jsonl",
-        usage=f"{R}/llm/usage/answers/{{video}}.json",
+        qa=directory(f"{R}/qa/{{shard}}"),
+        review=directory(f"{R}/review/{{shard}}"),
+        usage=f"{R}/llm/usage/answers/{{shard}}.json",
     params:
+        videos=shard_video_ids,
         llm=llm_params(),
     log:
-        f"{LOGS}/answer_questions/{{video}}.log",
+        f"{LOGS}/answers/{{shard}}.log",
     threads: 1
     resources:
         **job_resources("llm"),
@@ -85,31 +50,12 @@ rule answer_questions:
     conda:
         "../envs/tubetune.yaml"
     script:
-        "../scripts/answer_questions.py"
-
-
-rule review:
-    input:
-        transcript=f"{R}/transcripts/{{video}}.json",
-        qa=f"{R}/qa/{{video}}.jsonl",
-        dropped=f"{R}/qa/{{video}}.dropped.jsonl",
-        quarantine=f"{R}/questions/{{video}}.quarantine.jsonl",
-    output:
-        page=f"{R}/review/{{video}}.md",
-    log:
-        f"{LOGS}/review/{{video}}.log",
-    threads: 1
-    resources:
-        **job_resources("light"),
-    conda:
-        "../envs/tubetune.yaml"
-    script:
-        "../scripts/review.py"
+        "../scripts/answers.py"
 
 
 rule review_index:
     input:
-        pages=per_video(f"{R}/review/{{video}}.md"),
+        pages=per_shard(f"{R}/review/{{shard}}"),
     output:
         index_page=f"{R}/review/index.md",
     log:

@@ -2,11 +2,11 @@
 # ledger of what the calls cost after it.
 
 
-# llm.mode batch: every cache miss of pass 1 (all videos) goes out as Message Batches; the per-video
-# extract_questions jobs then read the replies from the cache.
+# llm.mode batch: every cache miss of pass 1 (all videos) goes out as Message Batches; the per-shard
+# questions jobs then read the replies from the cache.
 rule batch_questions:
     input:
-        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        chunks=per_shard(f"{R}/chunks/{{shard}}"),
         prompt=prompt_file("questions"),
     output:
         report=f"{R}/llm/batch/questions.json",
@@ -28,8 +28,8 @@ rule batch_questions:
 # llm.mode batch: pass 2 for all videos, once their questions are validated.
 rule batch_answers:
     input:
-        questions=per_video(f"{R}/questions/{{video}}.jsonl"),
-        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        questions=per_shard(f"{R}/questions/{{shard}}"),
+        chunks=per_shard(f"{R}/chunks/{{shard}}"),
         prompt=prompt_file("answers"),
     output:
         report=f"{R}/llm/batch/answers.json",
@@ -77,7 +77,7 @@ DOWNSTREAM_ON = QUALITY_ON or AUGMENT_ON or JUDGE_ON
 
 rule estimate:
     input:
-        chunks=per_video(f"{R}/chunks/{{video}}.jsonl"),
+        chunks=per_shard(f"{R}/chunks/{{shard}}"),
         questions_prompt=prompt_file("questions"),
         answers_prompt=prompt_file("answers"),
         selected=f"{R}/videos/selected.json" if DOWNSTREAM_ON else [],  # the channel in the system prompt

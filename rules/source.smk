@@ -1,4 +1,4 @@
-# Steps 1-2: list the channel's videos, fetch one transcript per video.
+# Steps 1-3: list the channel's videos; per shard of videos, each transcript and its chunks.
 
 
 checkpoint list_videos:
@@ -22,19 +22,23 @@ checkpoint list_videos:
         "../scripts/list_videos.py"
 
 
-# The listing is an input only so that Snakemake knows the params come from the checkpoint; ancient()
-# keeps a re-listing from refetching every transcript: a video reruns when its own entry (params) changes.
-rule fetch_transcript:
+# Step 2 and 3 for one shard of videos: each video's transcript (read from its file, or fetched from
+# YouTube through the transcript store) and its chunks. The listing is an input only so that Snakemake
+# knows the params come from the checkpoint; ancient() keeps a re-listing from rerunning every shard: a
+# shard reruns when its own videos' entries (params) change.
+rule transcripts:
     input:
-        transcript=local_transcript,
+        files=shard_transcript_files,
         listing=ancient(f"{R}/videos/selected.json"),
     output:
-        transcript=f"{R}/transcripts/{{video}}.json",
+        transcripts=directory(f"{R}/transcripts/{{shard}}"),
+        chunks=directory(f"{R}/chunks/{{shard}}"),
     params:
-        video=video_meta,
+        videos=shard_videos,
         source=source_settings(FETCH_KEYS),
+        chunk=config["chunk"],
     log:
-        f"{LOGS}/fetch_transcript/{{video}}.log",
+        f"{LOGS}/transcripts/{{shard}}.log",
     threads: 1
     resources:
         **job_resources("light"),
@@ -42,4 +46,4 @@ rule fetch_transcript:
     conda:
         "../envs/tubetune.yaml"
     script:
-        "../scripts/fetch_transcript.py"
+        "../scripts/transcripts.py"

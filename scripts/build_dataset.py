@@ -2,14 +2,15 @@
 
 from tubetune.dataset.build import DatasetOutputs, LLMPasses, build_dataset
 from tubetune.logs import run_step
+from tubetune.shards import video_files
 
 run_step(
     snakemake.log[0],
     lambda: build_dataset(
-        qa_paths=list(snakemake.input.qa),
-        chunk_status_paths=list(snakemake.input.chunk_status),
-        quarantine_paths=list(snakemake.input.quarantine),
-        dropped_paths=list(snakemake.input.dropped),
+        qa_paths=video_files(snakemake.input.qa, ".jsonl"),
+        chunk_status_paths=video_files(snakemake.input.chunks, ".status.json"),
+        quarantine_paths=video_files(snakemake.input.questions, ".quarantine.jsonl"),
+        dropped_paths=video_files(snakemake.input.qa, ".dropped.jsonl"),
         selected_path=snakemake.input.selected,
         filtered_path=snakemake.input.filtered,
         outputs=DatasetOutputs(
@@ -28,7 +29,7 @@ run_step(
             llm_config={**snakemake.config["llm"], "concurrency": max(1, snakemake.resources.llm_requests)},
             quality_config=snakemake.config["quality"],
             augment_config=snakemake.config["augment"],
-            chunk_paths=list(snakemake.input.chunks),
+            chunk_paths=video_files(snakemake.input.chunks, ".jsonl"),
             quality_usage=snakemake.output.quality_usage,
             augment_usage=snakemake.output.augment_usage,
         ),

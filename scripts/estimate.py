@@ -3,6 +3,7 @@
 from tubetune.llm.estimate import estimate
 from tubetune.llm.estimate_downstream import downstream_config
 from tubetune.logs import run_step
+from tubetune.shards import video_files
 
 downstream = downstream_config(
     snakemake.input.get("selected"),
@@ -17,7 +18,7 @@ downstream = downstream_config(
 run_step(
     snakemake.log[0],
     lambda: estimate(
-        chunk_paths=list(snakemake.input.chunks),
+        chunk_paths=video_files(snakemake.input.chunks, ".jsonl"),
         questions_prompt=snakemake.input.questions_prompt,
         answers_prompt=snakemake.input.answers_prompt,
         llm_config=snakemake.params.llm,

@@ -4,12 +4,13 @@ from pathlib import Path
 
 from tubetune.evaluate.judge import JudgeOutputs, judge
 from tubetune.logs import run_step
+from tubetune.shards import video_files
 
 run_step(
     snakemake.log[0],
     lambda: judge(
         answers_path=snakemake.input.answers,
-        chunk_paths=snakemake.input.chunks,
+        chunk_paths=video_files(snakemake.input.chunks, ".jsonl"),
         prompt_path=snakemake.input.prompt,
         outputs=JudgeOutputs(
             rows=Path(snakemake.output.rows),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,9 +214,11 @@ def chat_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-# The tiny end-to-end config: the sample channel, the tiny-test train profile (a few iterations), one
-# GGUF type and an evaluation on 4 test examples.
-TINY_ALL_CONFIG: dict[str, dict[str, object]] = {
+# The tiny end-to-end config: the sample channel in 4 shards (2 to 4 videos each, so that the rerun tests
+# see a shard's other videos), the tiny-test train profile (a few iterations), one GGUF type and an
+# evaluation on 4 test examples.
+TINY_ALL_CONFIG: dict[str, Any] = {
+    "shards": 4,
     "train": {"profile": "tiny-test"},
     "export": {"gguf_types": ["q8_0"]},
     "evaluate": {"max_examples": 4, "max_new_tokens": 24, "n_side_by_side": 2},

@@ -191,7 +191,7 @@ HEAVY_RULES = {
     "build_dataset", "base_model", "train_run", "test_loss", "compare", "fuse", "export_hf", "export_gguf",
     "modelfile", "answer_test", "evaluate", "parity", "judge",
 }
-LLM_RULES = {"extract_questions", "answer_questions", "batch_questions", "batch_answers"}
+LLM_RULES = {"questions", "answers", "batch_questions", "batch_answers"}
 
 
 def test_each_heavy_rule_hashes_its_own_script_and_llm_rules_have_no_code_param() -> None:

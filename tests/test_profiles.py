@@ -100,9 +100,9 @@ def test_every_rule_declares_threads_memory_and_runtime(rule_resources: dict[str
     # the heavy rules take every core the run gives; the API and YouTube limits stay on their rules
     for name in ("train_run", "test_loss", "base_model", "fuse", "answer_test", "parity"):
         assert rule_resources[name]["resources"]["_cores"] == 1024, name  # type: ignore[index]
-    for name in ("list_videos", "fetch_transcript"):
+    for name in ("list_videos", "transcripts"):
         assert rule_resources[name]["resources"]["youtube"] == 1, name  # type: ignore[index]
-    for name in ("extract_questions", "answer_questions", "judge"):
+    for name in ("questions", "answers", "judge"):
         assert rule_resources[name]["resources"]["llm_requests"] == 8, name  # type: ignore[index]
 
 

@@ -5,7 +5,7 @@
 - an edit to the code behind a rule (scripts/tubetune) reruns that rule;
 - a prompt edit reruns its LLM step, and only the requests that changed miss the cache
   (proved for real against the fake Anthropic server: every request it gets is a miss);
-- an edit to one transcript sends only that chunk's requests to the API.
+- an edit to one transcript reruns only its shard's jobs and sends only that chunk's requests to the API.
 
 Each half starts from a copy of the test session's finished tiny ``all`` run (``tiny_all_run`` in
 tests/conftest.py), not from a run of its own.
@@ -26,9 +26,9 @@ from workflow import Run, copy_run, dry_run_jobs, dry_run_reasons, edit_config, 
 
 pytestmark = pytest.mark.slow
 
-LLM_RULES = {"extract_questions", "answer_questions"}
-SOURCE_RULES = {"list_videos", "fetch_transcript"}
-UPSTREAM_OF_DATASET = LLM_RULES | SOURCE_RULES | {"chunk", "validate_questions", "review", "review_index"}
+LLM_RULES = {"questions", "answers"}
+SOURCE_RULES = {"list_videos", "transcripts"}
+UPSTREAM_OF_DATASET = LLM_RULES | SOURCE_RULES | {"review_index"}
 SUMMARY = re.compile(r"(\d+) requests, (\d+) cache hits, (\d+) backend calls")
 
 
@@ -129,7 +129,7 @@ def fake_api() -> Iterator[tuple[FakeAnthropic, dict[str, str]]]:
 def chunks_with_questions(workdir: Path) -> set[str]:
     """Chunk ids that have validated questions: one answer request each."""
     chunk_ids: set[str] = set()
-    for path in (workdir / "results" / "questions").glob("*.jsonl"):
+    for path in (workdir / "results" / "questions").glob("s*/*.jsonl"):
         if path.name.endswith(".quarantine.jsonl"):
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -151,13 +151,12 @@ def test_answer_prompt_edit_reruns_answering_and_misses_only_its_requests(
 
     dry = ok_run(snakemake(dataset_run, "-n", "dataset"))
     jobs = dry_run_jobs(dry)
-    videos = sorted(p.stem for p in (dataset_run / "results" / "qa").glob("*.jsonl") if "." not in p.stem)
+    shards = sorted(p.name for p in (dataset_run / "results" / "qa").iterdir())
     assert jobs == {
-        "answer_questions": len(videos), "review": len(videos), "review_index": 1, "build_dataset": 1,
-        "llm_ledger": 1, "dataset": 1,
+        "answers": len(shards), "review_index": 1, "build_dataset": 1, "llm_ledger": 1, "dataset": 1,
     }
     reasons = dry_run_reasons(dry)
-    assert reasons["answer_questions"] == {"Updated input files: data/prompts/answer_questions.md"}
+    assert reasons["answers"] == {"Updated input files: data/prompts/answer_questions.md"}
     assert all("Input files updated by another job" in r for r in reasons["build_dataset"])
 
     run = ok_run(snakemake(dataset_run, "dataset", env=env))
@@ -169,19 +168,25 @@ def test_answer_prompt_edit_reruns_answering_and_misses_only_its_requests(
     assert all(r.body["system"].count("Mention the time or temperature first.") == 1
                for r in server.message_requests())
     assert len(new_cache_entries(dataset_run)) == len(expected)
-    for video in videos:
-        requests, hits, calls = llm_summary(dataset_run / "logs" / "answer_questions" / f"{video}.log")
+    for shard in shards:
+        requests, hits, calls = llm_summary(dataset_run / "logs" / "answers" / f"{shard}.log")
         assert hits == 0 and calls == requests
-    qa_file = dataset_run / "results" / "qa" / f"{videos[0]}.jsonl"
+    qa_file = sorted((dataset_run / "results" / "qa" / shards[0]).glob("*.jsonl"))[0]
     qa = [json.loads(line) for line in qa_file.read_text().splitlines()]
     assert qa and all(row["answer"].startswith("Answer ") for row in qa)
     # A rerun replays the stored responses: no job, no request.
     assert "Nothing to be done" in ok_run(snakemake(dataset_run, "-n", "dataset")).output
 
 
+def shard_of(workdir: Path, video: str) -> str:
+    """The shard folder that holds ``video``'s chunks."""
+    (path,) = (workdir / "results" / "chunks").glob(f"s*/{video}.jsonl")
+    return path.parent.name
+
+
 def edit_one_chunk(workdir: Path, video: str) -> tuple[str, str]:
     """Change one word in the middle of one chunk of ``video``'s transcript; return (chunk id, new word)."""
-    chunks_file = workdir / "results" / "chunks" / f"{video}.jsonl"
+    chunks_file = workdir / "results" / "chunks" / shard_of(workdir, video) / f"{video}.jsonl"
     chunks = [json.loads(line) for line in chunks_file.read_text().splitlines()]
     assert len(chunks) >= 2, "pick a video with more than one chunk"
     chunk = chunks[1]
@@ -204,17 +209,26 @@ def test_transcript_edit_misses_only_the_changed_chunk(
 ) -> None:
     server, env = fake_api
     video = "Jk5Lz0Xc2Vb"
-    before = (dataset_run / "results" / "chunks" / f"{video}.jsonl").read_text()
+    shard = shard_of(dataset_run, video)
+    results = dataset_run / "results"
+    before = (results / "chunks" / shard / f"{video}.jsonl").read_text()
+    others = {
+        path: path.read_bytes()
+        for step in ("chunks", "questions", "qa", "review")
+        for path in (results / step).rglob("*.*")
+        if path.is_file() and not path.name.startswith(video) and path.parent.name.startswith("s")
+    }
     chunk_id, word = edit_one_chunk(dataset_run, video)
 
     run = ok_run(snakemake(dataset_run, "dataset", env=env))
     jobs = run_jobs(run)
-    llm_jobs = [(job.rule, job.wildcards.get("video")) for job in jobs if job.rule in LLM_RULES]
-    assert sorted(llm_jobs) == [("answer_questions", video), ("extract_questions", video)]
-    assert [job.wildcards["video"] for job in jobs if job.rule == "fetch_transcript"] == [video]
+    shard_jobs = sorted((job.rule, job.wildcards.get("shard")) for job in jobs if "shard" in job.wildcards)
+    assert shard_jobs == [("answers", shard), ("questions", shard), ("transcripts", shard)]
+    # Every other video's files, also those of the shard's other videos, are byte for byte the same.
+    assert others and all(path.read_bytes() == content for path, content in others.items())
 
     # Chunk boundaries did not move: only the edited chunk's text differs.
-    after = (dataset_run / "results" / "chunks" / f"{video}.jsonl").read_text()
+    after = (results / "chunks" / shard / f"{video}.jsonl").read_text()
     changed = [
         json.loads(new)["chunk_id"]
         for old, new in zip(before.splitlines(), after.splitlines(), strict=True)
@@ -226,12 +240,12 @@ def test_transcript_edit_misses_only_the_changed_chunk(
     requests = server.message_requests()
     assert [kind(r) for r in requests] == ["questions", "answers"]
     assert all(word in r.body["messages"][0]["content"] for r in requests)
-    n_chunks = len(after.splitlines())
-    extract = llm_summary(dataset_run / "logs" / "extract_questions" / f"{video}.log")
+    # The shard's other chunks were requested again and came from the cache.
+    n_chunks = sum(len(p.read_text().splitlines()) for p in (results / "chunks" / shard).glob("*.jsonl"))
+    extract = llm_summary(dataset_run / "logs" / "questions" / f"{shard}.log")
     assert extract == (n_chunks, n_chunks - 1, 1)
-    answer_requests, answer_hits, answer_calls = llm_summary(
-        dataset_run / "logs" / "answer_questions" / f"{video}.log"
-    )
+    answer_log = dataset_run / "logs" / "answers" / f"{shard}.log"
+    answer_requests, answer_hits, answer_calls = llm_summary(answer_log)
     assert answer_calls == 1 and answer_hits == answer_requests - 1
 
 
@@ -247,8 +261,8 @@ def trained_run(tiny_all_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_train_change_reruns_training_with_zero_llm_calls(trained_run: Path) -> None:
     rule = "train_run"  # one job per sweep run; `train` is the target
-    llm_logs = sorted((trained_run / "logs" / "extract_questions").glob("*.log")) + sorted(
-        (trained_run / "logs" / "answer_questions").glob("*.log")
+    llm_logs = sorted((trained_run / "logs" / "questions").glob("*.log")) + sorted(
+        (trained_run / "logs" / "answers").glob("*.log")
     )
     assert llm_logs and all(llm_summary(log)[2] == 0 for log in llm_logs)  # served by the seed cache
     stamps = {log: log.stat().st_mtime_ns for log in llm_logs}

@@ -45,14 +45,14 @@ def test_unlock_dry_run_and_rule_graph_need_no_cores(tmp_path: Path) -> None:
 @pytest.mark.slow  # runs the list_videos job
 def test_the_readme_rule_graph_is_the_command_output(tmp_path: Path) -> None:
     """The picture in the README is what the README's command draws once the videos are listed
-    (before that, the per-video steps are unknown to Snakemake)."""
+    (before that, the per-shard steps are unknown to Snakemake)."""
     workdir = copy_workflow(tmp_path / "wf")
     listing = snakemake(workdir, "list_videos", cores=1)
     assert listing.returncode == 0, listing.output[-3000:]
     graph = snakemake(workdir, *RULEGRAPH, cores=None)
     assert graph.returncode == 0, graph.output[-3000:]
     names, edges = mermaid_graph(graph.stdout)
-    assert {"fetch_transcript", "chunk", "extract_questions", "answer_questions"} <= names
+    assert {"transcripts", "questions", "answers"} <= names
     assert mermaid_graph(readme_graph()) == (names, edges), (
         "README.md's rule graph is out of date: replace its mermaid block with the output of "
         "`snakemake --cores 1 list_videos && snakemake --rulegraph mermaid-js all`"

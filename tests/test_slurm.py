@@ -26,8 +26,8 @@ SLURM_UP = REPO / ".ci" / "slurm-up"
 RESOURCE_CLASSES = ("light", "llm", "llm_batch", "model", "train", "evaluate")
 # the rules of `train` that run as SLURM jobs; the others are local rules (the Snakefile's localrules)
 SUBMITTED_RULES = {
-    "list_videos", "fetch_transcript", "chunk", "extract_questions", "validate_questions",
-    "answer_questions", "review", "build_dataset", "base_model", "train_run", "test_loss",
+    "list_videos", "transcripts", "questions", "answers", "build_dataset", "base_model", "train_run",
+    "test_loss",
 }
 LOCAL_RULES = {"review_index", "llm_ledger", "compare", "manifest"}
 

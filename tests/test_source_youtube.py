@@ -33,6 +33,7 @@ from tubetune.logs import run_step
 from tubetune.source import fetch_transcript, list_videos
 from tubetune.source.listing import channel_url, select_videos
 from tubetune.source.models import FetchSettings, ListSettings, Video, source_settings, watch_url
+from tubetune.source.shard import transcripts_shard
 from tubetune.source.youtube import (
     FetchFailedError,
     YouTubeBlockedError,
@@ -686,3 +687,58 @@ def test_both_fetchers_failing_transiently_is_one_line(caption_server: CaptionSe
         f"could not fetch the transcript of {VIDEO_ID} now: youtube-transcript-api failed after 2 tries "
         "(connection error); yt-dlp captions failed after 2 tries (HTTP 503 from YouTube); "
         "rerun later to try again")
+
+
+# --------------------------------------------------------------------------- the transcript store
+
+
+def test_a_shard_rerun_reads_fetched_transcripts_from_the_store(tmp_path: Path) -> None:
+    """Rule transcripts with the youtube source: a fetched transcript is kept in the store and read back
+    (with the listing's current title) when the shard runs again; other languages are fetched anew."""
+    config = settings()
+    source = dataclasses.asdict(config)
+    store = tmp_path / "store"
+    chunk_config = section_config("chunk", {"min_words": 1})
+
+    def run(name: str, routes: Mapping[str, list[Reply]], video: Video, **changes: Any) -> RecordedYouTube:
+        session, adapter = recorded_session(config, routes)
+        transcripts_shard(
+            "s0", [video.model_dump()], {**source, **changes}, {}, chunk_config,
+            tmp_path / name / "transcripts", tmp_path / name / "chunks", store,
+            session=session, sleep=_no_sleep, ytdlp_extract=no_ytdlp,
+        )
+        return adapter
+
+    first = run("first", ok_routes(), VIDEO)
+    assert [c.endpoint for c in first.calls] == ["watch", "player", "timedtext:en"]
+    fetched = json.loads((tmp_path / "first" / "transcripts" / f"{VIDEO_ID}.json").read_text())
+    assert fetched["status"] == "ok" and len(list(store.rglob("*.json"))) == 1
+
+    renamed = VIDEO.model_copy(update={"title": "Proofing Baskets, Compared Again"})
+    second = run("second", {}, renamed)  # any request to YouTube would fail: nothing is recorded
+    assert second.calls == []
+    again = json.loads((tmp_path / "second" / "transcripts" / f"{VIDEO_ID}.json").read_text())
+    assert again == {**fetched, "title": renamed.title}
+    chunks = (tmp_path / "second" / "chunks" / f"{VIDEO_ID}.jsonl").read_text()
+    assert chunks == (tmp_path / "first" / "chunks" / f"{VIDEO_ID}.jsonl").read_text().replace(
+        VIDEO.title, renamed.title
+    )
+
+    other_language = run("third", ok_routes(track="timedtext:de"), VIDEO, languages=["de", "en"])
+    assert [c.endpoint for c in other_language.calls] == ["watch", "player", "timedtext:de"]
+    assert len(list(store.rglob("*.json"))) == 2
+
+
+def test_a_skipped_transcript_is_not_stored(tmp_path: Path) -> None:
+    config = settings()
+    session, adapter = recorded_session(config, {
+        "watch": [Reply("watch.html")], "player": [Reply("player_transcripts_disabled.json")]})
+    assert not adapter.calls
+    transcripts_shard(
+        "s0", [VIDEO.model_dump()], dataclasses.asdict(config), {}, section_config("chunk", {}),
+        tmp_path / "transcripts", tmp_path / "chunks", tmp_path / "store",
+        session=session, sleep=_no_sleep, ytdlp_extract=ytdlp_without_captions,
+    )
+    status = json.loads((tmp_path / "chunks" / f"{VIDEO_ID}.status.json").read_text())
+    assert status["status"] == "skipped" and status["stage"] == "transcript"
+    assert not list((tmp_path / "store").rglob("*.json"))

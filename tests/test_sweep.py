@@ -29,7 +29,7 @@ from tubetune.train.compare import (
 from tubetune.train.sweep import format_learning_rate, run_name, sweep_points, sweep_runs
 from workflow import REPO, copy_run, copy_workflow, dry_run_jobs, dry_run_reasons, edit_config, snakemake
 
-LLM_RULES = ("extract_questions", "answer_questions", "validate_questions")
+LLM_RULES = ("transcripts", "questions", "answers")
 
 
 def repo_config(**sweep: Any) -> dict[str, Any]:

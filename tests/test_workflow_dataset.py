@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,16 @@ def test_dataset_outputs(dataset_run: Path) -> None:
 
 @pytest.mark.slow
 def test_review_pages_link_timestamps(dataset_run: Path) -> None:
-    page = (dataset_run / "results" / "review" / "Jk5Lz0Xc2Vb.md").read_text()
+    (page_path,) = (dataset_run / "results" / "review").glob("s*/Jk5Lz0Xc2Vb.md")
+    page = page_path.read_text()
     assert page.startswith("# Baking in a Dutch Oven")
     assert "https://youtu.be/Jk5Lz0Xc2Vb?t=" in page
     index = (dataset_run / "results" / "review" / "index.md").read_text()
     assert index.count("](") == 10
+    # every link of the index opens its page
+    links = re.findall(r"\]\(([^)]+)\)", index)
+    assert f"{page_path.parent.name}/Jk5Lz0Xc2Vb.md" in links
+    assert all((dataset_run / "results" / "review" / link).is_file() for link in links)
 
 
 @pytest.mark.slow
@@ -65,8 +71,8 @@ def test_default_config_makes_zero_backend_calls(dataset_run: Path) -> None:
     # writable cache either, so every response came from the sample's reference cache.
     cache = dataset_run / "cache" / "llm"
     assert not list(cache.glob("??/*.json"))
-    log = (dataset_run / "logs" / "extract_questions" / "Jk5Lz0Xc2Vb.log").read_text()
-    assert "0 backend calls" in log
+    logs = sorted((dataset_run / "logs" / "questions").glob("s*.log"))
+    assert len(logs) == 4 and all(" 0 backend calls" in log.read_text() for log in logs)
 
 
 @pytest.mark.slow
@@ -82,21 +88,13 @@ def test_question_count_change_reruns_only_affected_rules(tiny_all_copy: Path) -
     run = snakemake(tiny_all_copy, "-n", "dataset")
     assert run.returncode == 0, run.output
     jobs = dry_run_jobs(run)
-    assert set(jobs) == {
-        "extract_questions",
-        "validate_questions",
-        "answer_questions",
-        "review",
-        "review_index",
-        "llm_ledger",
-        "build_dataset",
-        "dataset",
+    assert jobs == {
+        "questions": 4, "answers": 4, "review_index": 1, "llm_ledger": 1, "build_dataset": 1, "dataset": 1,
     }, jobs
-    assert jobs["extract_questions"] == 10
     reasons = dry_run_reasons(run)
-    assert all(r.startswith("Params have changed since last execution") for r in reasons["extract_questions"])
-    assert all("'per_1k_tokens': 9" in r for r in reasons["extract_questions"])
-    assert all("Input files updated by another job" in r for r in reasons["answer_questions"])
+    assert all(r.startswith("Params have changed since last execution") for r in reasons["questions"])
+    assert all("'per_1k_tokens': 9" in r for r in reasons["questions"])
+    assert all("Input files updated by another job" in r for r in reasons["answers"])
 
 
 @pytest.mark.parametrize(

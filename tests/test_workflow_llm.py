@@ -128,9 +128,9 @@ def test_batch_mode_sends_every_miss_in_batches_and_the_videos_read_the_cache(
     assert len(fake.message_requests()) == messages_before  # no online call at all
     items = len(fake.batch_items_submitted()) - items_before
     assert items > 0 and len(fake.batches) - batches_before == 2  # one batch per pass
-    for log in (workdir / "logs" / "extract_questions").glob("*.log"):
+    for log in (workdir / "logs" / "questions").glob("*.log"):
         assert " 0 backend calls" in log.read_text(encoding="utf-8")
-    for log in (workdir / "logs" / "answer_questions").glob("*.log"):
+    for log in (workdir / "logs" / "answers").glob("*.log"):
         assert " 0 backend calls" in log.read_text(encoding="utf-8")
     ledger = read(workdir / "results" / "llm" / "ledger.json")
     assert ledger["total"]["calls"] == items
@@ -143,7 +143,7 @@ def test_batch_mode_sends_every_miss_in_batches_and_the_videos_read_the_cache(
     items_before = len(fake.batch_items_submitted())
     run = ok_run(snakemake(workdir, "dataset", env=api_env()))
     counts = Counter(job.rule for job in run_jobs(run))
-    assert counts["extract_questions"] == 1 and counts["answer_questions"] == 1, counts
+    assert counts["questions"] == 1 and counts["answers"] == 1, counts
     assert counts["batch_questions"] == 1 and counts["batch_answers"] == 1, counts
     assert len(fake.batch_items_submitted()) - items_before == 2  # that chunk's extraction and answers
 

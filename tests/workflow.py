@@ -63,12 +63,16 @@ def copy_run(source: Path, dest: Path) -> Path:
     return dest
 
 
-def edit_config(workdir: Path, **sections: dict[str, Any]) -> None:
-    """Merge ``sections`` into the copy's config.yaml (one level deep per section)."""
+def edit_config(workdir: Path, **sections: Any) -> None:
+    """Merge ``sections`` into the copy's config.yaml (one level deep per section; a top-level key that
+    is not a section, such as ``shards``, is set)."""
     path = workdir / "config.yaml"
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            config.setdefault(name, {}).update(values)
+        else:
+            config[name] = values
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 

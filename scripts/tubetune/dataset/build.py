@@ -226,7 +226,7 @@ def build_dataset(
     listing = read_json(selected_path)
     channel = str((listing.get("channel") or {}).get("name") or "this channel")
     system_prompt = settings.system_prompt.replace("{channel}", channel)
-    rows = [row for path in sorted(map(str, qa_paths)) for row in read_jsonl(path)]
+    rows = [row for path in sorted(qa_paths, key=lambda p: Path(p).name) for row in read_jsonl(path)]
     rows.sort(key=lambda r: str(r["qa_id"]))
     drops = read_drops(quarantine_paths, dropped_paths)
     kept = filter_and_dedup(rows, settings, system_prompt, drops)

@@ -74,10 +74,10 @@ def check_answers(n_questions: int) -> Any:
     return validate
 
 
-def load_questions(questions_path: str | Path) -> dict[str, list[Question]]:
-    """Validated questions of one video grouped by chunk id, in file order."""
+def load_questions(*questions_paths: str | Path) -> dict[str, list[Question]]:
+    """Validated questions of one or more videos grouped by chunk id, in file order."""
     by_chunk: dict[str, list[Question]] = defaultdict(list)
-    for row in read_jsonl(questions_path):
+    for row in (row for path in questions_paths for row in read_jsonl(path)):
         question = Question.model_validate(row)
         by_chunk[question.chunk_id].append(question)
     return dict(by_chunk)
@@ -107,19 +107,39 @@ def answer_questions(
     usage_path: str | Path | None = None,
     batch_report: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rule ``answer_questions``: answer each chunk's questions from that chunk alone, up to
-    ``llm.concurrency`` requests at once; the Q&A pairs into ``qa_path``, the unanswered questions
-    with the reason into ``dropped_path``.
+    """Pass 2 for one video (rule ``answers`` runs :func:`answer_chunks` per shard): answer each chunk's
+    questions from that chunk alone, up to ``llm.concurrency`` requests at once; the Q&A pairs into
+    ``qa_path``, the unanswered questions with the reason into ``dropped_path``.
 
     ``batch_report`` (``llm.mode: batch``): every reply comes from the cache, filled by the batch
     pass. ``usage_path`` receives what the LLM calls of this job cost.
     """
     started = time.monotonic()
     llm = settings_from(LLMSettings, llm_config, "llm")
-    prompt = load_prompt(prompt_path, PLACEHOLDERS)
     client = job_client(llm, batch_report) if client is None else client
-    chunks = {chunk.chunk_id: chunk for chunk in load_chunks(chunks_path)}
-    plan = answer_plan(chunks, load_questions(questions_path), prompt, llm)
+    chunks = load_chunks(chunks_path)
+    qa, dropped = answer_chunks(chunks, load_questions(questions_path), prompt_path, llm, client)
+    write_jsonl(qa_path, qa)
+    write_jsonl(dropped_path, dropped)
+    logger.info("%d answered, %d dropped", len(qa), len(dropped))
+    client.log_summary()
+    if usage_path is not None:
+        job = f"answer_questions/{Path(qa_path).stem}"
+        write_json(usage_path, client.usage_record("answers", job, time.monotonic() - started))
+    return qa, dropped
+
+
+def answer_chunks(
+    chunks: Sequence[Chunk],
+    by_chunk: Mapping[str, Sequence[Question]],
+    prompt_path: str | Path,
+    llm: LLMSettings,
+    client: LLMClient,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Q&A pairs of the questions ``by_chunk`` (grouped by chunk id, chunks from ``chunks``) and the
+    questions dropped with the reason, one request per chunk through ``client``."""
+    prompt = load_prompt(prompt_path, PLACEHOLDERS)
+    plan = answer_plan({chunk.chunk_id: chunk for chunk in chunks}, by_chunk, prompt, llm)
     outcomes = client.complete_all(
         [(request, check_answers(len(questions))) for _, questions, request in plan],
         "answer questions",
@@ -138,13 +158,6 @@ def answer_questions(
                 qa.append(qa_pair(question, item["answer"], prompt.hash))
             else:
                 dropped.append(_dropped(question, "not answered by its chunk: " + item["reason"].strip()))
-    write_jsonl(qa_path, qa)
-    write_jsonl(dropped_path, dropped)
-    logger.info("%d answered, %d dropped", len(qa), len(dropped))
-    client.log_summary()
-    if usage_path is not None:
-        job = f"answer_questions/{Path(qa_path).stem}"
-        write_json(usage_path, client.usage_record("answers", job, time.monotonic() - started))
     return qa, dropped
 
 

@@ -224,7 +224,8 @@ def chunk(
     status_path: str | Path,
     chunk_config: Mapping[str, Any],
 ) -> int:
-    """Rule ``chunk``: cut one transcript file into ``chunks_path``; a skipped video gives an empty file.
+    """Cut one transcript file into ``chunks_path`` (rule ``transcripts``, for each video of its shard);
+    a skipped video gives an empty file.
 
     ``status_path`` gets the video's chunk status: ``{"video_id", "title", "status": "ok", "words",
     "chunks"}``, or for a video without chunks ``"status": "skipped"`` with the ``stage`` that skipped it

@@ -101,8 +101,9 @@ def extract_questions(
     usage_path: str | Path | None = None,
     batch_report: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Rule ``extract_questions``: ask the LLM for questions per chunk; one record per chunk into
-    ``questions_path``, quarantined ones with the reason.
+    """Pass 1 for one video (rule ``questions`` runs :func:`extraction_records` per shard): ask the LLM
+    for questions per chunk; one record per chunk into ``questions_path``, quarantined ones with the
+    reason.
 
     Up to ``llm.concurrency`` requests are in flight at once. Responses are cached by the LLM layer
     as they arrive; a chunk whose output stays invalid after the re-asks, or whose calls keep
@@ -112,21 +113,33 @@ def extract_questions(
     """
     started = time.monotonic()
     llm = settings_from(LLMSettings, llm_config, "llm")
-    settings = settings_from(QuestionSettings, question_config, "questions")
-    prompt = load_prompt(prompt_path, PLACEHOLDERS)
     client = job_client(llm, batch_report) if client is None else client
-    plan = extraction_plan(load_chunks(chunks_path), prompt, settings, llm)
-    outcomes = client.complete_all([(request, None) for _, _, request in plan], "extract questions", "chunk")
-    records = [
-        extraction_record(chunk, n_questions, request, outcome, prompt.hash)
-        for (chunk, n_questions, request), outcome in zip(plan, outcomes, strict=True)
-    ]
+    records = extraction_records(load_chunks(chunks_path), prompt_path, llm, question_config, client)
     write_jsonl(questions_path, records)
     client.log_summary()
     if usage_path is not None:
         job = f"extract_questions/{Path(questions_path).stem}"
         write_json(usage_path, client.usage_record("questions", job, time.monotonic() - started))
     return records
+
+
+def extraction_records(
+    chunks: Sequence[Chunk],
+    prompt_path: str | Path,
+    llm: LLMSettings,
+    question_config: Mapping[str, Any],
+    client: LLMClient,
+) -> list[dict[str, Any]]:
+    """The raw questions record of every chunk (:func:`extraction_record`), the requests sent through
+    ``client`` up to ``llm.concurrency`` at once."""
+    settings = settings_from(QuestionSettings, question_config, "questions")
+    prompt = load_prompt(prompt_path, PLACEHOLDERS)
+    plan = extraction_plan(chunks, prompt, settings, llm)
+    outcomes = client.complete_all([(request, None) for _, _, request in plan], "extract questions", "chunk")
+    return [
+        extraction_record(chunk, n_questions, request, outcome, prompt.hash)
+        for (chunk, n_questions, request), outcome in zip(plan, outcomes, strict=True)
+    ]
 
 
 def extraction_record(
@@ -252,8 +265,8 @@ def validate_questions(
     quarantine_path: str | Path,
     question_config: Mapping[str, Any],
 ) -> tuple[list[Question], list[dict[str, Any]]]:
-    """Rule ``validate_questions``: keep well-formed, self-contained, distinct questions; quarantine
-    the rest with the reason."""
+    """One video's questions, validated (in rule ``questions``, after pass 1): keep well-formed,
+    self-contained, distinct questions; quarantine the rest with the reason."""
     settings = settings_from(QuestionSettings, question_config, "questions")
     chunks = {chunk.chunk_id: chunk for chunk in load_chunks(chunks_path)}
     kept: list[Question] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def review(
     quarantine_path: str | Path,
     page_path: str | Path,
 ) -> None:
-    """Rule ``review``: the review page of one video into ``page_path``."""
+    """The review page of one video (rule ``answers``, after pass 2) into ``page_path``."""
     text = render_review(
         read_json(transcript_path), read_jsonl(qa_path), read_jsonl(dropped_path), read_jsonl(quarantine_path)
     )
@@ -78,7 +79,8 @@ def review_index(page_paths: Sequence[str | Path], index_path: str | Path) -> No
     """Rule ``review_index``: an index page linking every video's review page with its first line (the
     title), into ``index_path``."""
     lines = ["# Review", "", "One page per video: read the answers before training on them.", ""]
-    for path in sorted(Path(p) for p in page_paths):
+    folder = Path(index_path).parent
+    for path in sorted((Path(p) for p in page_paths), key=lambda path: path.name):
         first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
-        lines.append(f"- [{first}]({path.name})")
+        lines.append(f"- [{first}]({Path(os.path.relpath(path, folder)).as_posix()})")
     atomic_write_text(index_path, "\n".join(lines) + "\n")

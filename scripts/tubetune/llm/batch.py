@@ -17,7 +17,7 @@ answers for every video) with the check its reply must pass. Rounds:
    re-asked in the next round. Items of a canceled batch are not sent again in this run: the pass
    fails with one line and the next run sends them.
 
-The per-video rules then run from the cache: :class:`BatchResultBackend` stands in for the API there
+The per-shard rules then run from the cache: :class:`BatchResultBackend` stands in for the API there
 and answers a request the pass could not get with the reason it was quarantined.
 """
 

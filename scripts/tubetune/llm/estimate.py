@@ -5,7 +5,7 @@ response cache, walking its re-ask chain (:meth:`LLMClient.resolve`):
 
 - pass ``questions``: one extraction request per chunk;
 - pass ``answers``: for a chunk whose extraction reply is cached and valid, the questions that pass
-  the validate_questions checks go into the real answer request; for a chunk whose extraction is a
+  the question validation checks go into the real answer request; for a chunk whose extraction is a
   miss, an answer request with the requested number of placeholder questions of typical length
   stands in for it (a *projected* miss);
 - the enabled passes after them, ``quality`` and ``augment`` (build_dataset) and ``judge`` (the
@@ -331,7 +331,7 @@ def _tally_passes(
 def _chunk_pairs(
     chunk: Chunk, questions: Sequence[Question], answers: Resolution | None, prompt_hash: str
 ) -> ChunkPairs:
-    """The chunk's Q&A rows as answer_questions writes them: from the cached answer reply, none when
+    """The chunk's Q&A rows as rule answers writes them: from the cached answer reply, none when
     every reply was invalid, else ``questions`` with placeholder answers (not exact)."""
     if answers is None or answers.missing is not None:
         answer = filler(PLACEHOLDER_ANSWER_CHARS)

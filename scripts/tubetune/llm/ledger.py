@@ -1,6 +1,6 @@
 """The LLM ledger: what the run's LLM jobs did and cost, per pass and mode, from their usage records.
 
-Every LLM job (one per-video rule run, or one batch pass) writes one usage record (a JSON
+Every LLM job (one per-shard rule run, or one batch pass) writes one usage record (a JSON
 object). :func:`llm_ledger` sums them per (pass, mode) into ``ledger.json`` and a readable
 ``ledger.md``. Dollars come from ``llm.prices``: a batch-mode record is billed at the model's
 ``batch_discount``, local (llama_cpp) records cost nothing, and a model with no price makes the

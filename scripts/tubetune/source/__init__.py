@@ -1,7 +1,8 @@
 """Steps 1-2 of the pipeline (rules/source.smk): list a channel's videos, fetch one transcript per video.
 
-:func:`list_videos` and :func:`fetch_transcript` are the entry points of the rules of the same name;
-each takes the keys of the config section ``source`` its rule passes (or the whole validated section).
+:func:`list_videos` is the entry point of the rule of the same name; :func:`fetch_transcript` gets one
+video's transcript, for every video of a shard in rule ``transcripts`` (:mod:`tubetune.source.shard`).
+Each takes the keys of the config section ``source`` its rule passes (or the whole validated section).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def fetch_transcript(
     transcript_path: str | Path,
     **youtube_options: Any,
 ) -> TranscriptRecord:
-    """Rule ``fetch_transcript``: the transcript of one video into ``transcript_path``.
+    """The transcript of one video into ``transcript_path``.
 
     ``video`` is the video's entry in ``selected.json``; ``source`` the config section ``source``;
     ``transcript_file`` is the local source's file for the video (None for the youtube source). A video

@@ -58,7 +58,7 @@ class ListSettings:
 
 @dataclass(frozen=True)
 class FetchSettings:
-    """The keys of the config section ``source`` that fetching a transcript uses (rule fetch_transcript).
+    """The keys of the config section ``source`` that fetching a transcript uses (rule transcripts).
 
     Built with ``settings_from(FetchSettings, values, "source")``; config.schema.yaml holds the defaults.
     """
