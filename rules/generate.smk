@@ -1,5 +1,8 @@
 # Steps 4-6 for one shard of videos: extract questions (LLM) and validate them; answer them grounded in
 # their chunk (LLM) and write a Markdown page per video for review. Chunking is in rule transcripts.
+# As in rule transcripts, the listing is an (ancient) input because the params come from the checkpoint:
+# a job that Snakemake starts in a fresh process (a cluster job) re-evaluates them and refuses a param
+# that depends on a checkpoint not among the rule's inputs.
 
 
 rule questions:
@@ -7,6 +10,7 @@ rule questions:
         chunks=f"{R}/chunks/{{shard}}",
         prompt=prompt_file("questions"),
         batch=batch_report("questions"),
+        listing=ancient(f"{R}/videos/selected.json"),
     output:
         raw=directory(f"{R}/questions/raw/{{shard}}"),
         questions=directory(f"{R}/questions/{{shard}}"),
@@ -34,6 +38,7 @@ rule answers:
         questions=f"{R}/questions/{{shard}}",
         prompt=prompt_file("answers"),
         batch=batch_report("answers"),
+        listing=ancient(f"{R}/videos/selected.json"),
     output:
         qa=directory(f"{R}/qa/{{shard}}"),
         review=directory(f"{R}/review/{{shard}}"),

@@ -171,8 +171,9 @@ def test_answer_prompt_edit_reruns_answering_and_misses_only_its_requests(
     for shard in shards:
         requests, hits, calls = llm_summary(dataset_run / "logs" / "answers" / f"{shard}.log")
         assert hits == 0 and calls == requests
-    qa_file = sorted((dataset_run / "results" / "qa" / shards[0]).glob("*.jsonl"))[0]
-    qa = [json.loads(line) for line in qa_file.read_text().splitlines()]
+    # a video without validated questions has an empty qa file: read them all
+    qa = [json.loads(line) for path in sorted((dataset_run / "results" / "qa").glob("s*/*.jsonl"))
+          for line in path.read_text(encoding="utf-8").splitlines()]
     assert qa and all(row["answer"].startswith("Answer ") for row in qa)
     # A rerun replays the stored responses: no job, no request.
     assert "Nothing to be done" in ok_run(snakemake(dataset_run, "-n", "dataset")).output
