@@ -169,6 +169,13 @@ def llm_requests_limit():
     return int(value) if value is not None else None
 
 
+def youtube_jobs():
+    """The youtube resource of a source job (list_videos, transcripts): 1 for a YouTube source, so that
+    under the profiles' limit youtube=1 one job at a time talks to YouTube; 0 for local files, read by
+    as many jobs at once as the cores allow."""
+    return 1 if config["source"]["type"] == "youtube" else 0
+
+
 def llm_job_requests():
     """Requests one per-shard LLM job keeps in flight: its share of the llm_requests resource.
 

@@ -15,7 +15,7 @@ checkpoint list_videos:
     threads: 1
     resources:
         **job_resources("light"),
-        youtube=1,
+        youtube=youtube_jobs(),
     conda:
         "../envs/tubetune.yaml"
     script:
@@ -42,7 +42,7 @@ rule transcripts:
     threads: 1
     resources:
         **job_resources("light"),
-        youtube=1,
+        youtube=youtube_jobs(),
     conda:
         "../envs/tubetune.yaml"
     script:

@@ -59,17 +59,20 @@ def test_the_installed_openblas_runs_here() -> None:
 @linux
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the stand-in library")
 def test_an_openblas_for_another_cpu_is_refused_with_one_line(tmp_path: Path) -> None:
-    """A library that reports an AVX-512 core on a CPU without AVX-512 is not loaded: the next candidate
-    is, and the log says why."""
+    """A library that reports a core whose instructions this CPU lacks (AVX-512 on a CPU without it,
+    AMX on one with AVX-512) is not loaded: the next candidate is, and the log says why."""
     flags = cpu_flags()
-    if flags is None or not missing_instructions("SKYLAKEX", flags):
-        pytest.skip("this CPU runs AVX-512 kernels: nothing to refuse")
+    lacking = [core for core in CORE_FLAGS if flags is not None and missing_instructions(core, flags)]
+    if not lacking:
+        pytest.skip("this CPU runs the kernels of every OpenBLAS core: nothing to refuse")
+    core = lacking[0]
+    missing = missing_instructions(core, flags)
     lib = tmp_path / "site" / "cmeel.prefix" / "lib"
     lib.mkdir(parents=True)
     source = tmp_path / "core.c"
     source.write_text(
-        'const char *openblas_get_corename(void) { return "SKYLAKEX"; }\n'
-        'const char *openblas_get_config(void) { return "OpenBLAS 0.3.31 SKYLAKEX"; }\n'
+        f'const char *openblas_get_corename(void) {{ return "{core}"; }}\n'
+        f'const char *openblas_get_config(void) {{ return "OpenBLAS 0.3.31 {core}"; }}\n'
     )
     # named to sort before any real candidate of the same folder; its folder comes first on sys.path
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib / "libopenblas.so"), str(source)], check=True)
@@ -79,6 +82,7 @@ def test_an_openblas_for_another_cpu_is_refused_with_one_line(tmp_path: Path) ->
     )
     assert run.returncode == 0, run.stderr[-2000:]
     refused = [line for line in run.stderr.splitlines() if "OpenBLAS not used" in line]
-    assert len(refused) == 1 and "built for SKYLAKEX CPUs and this CPU lacks avx512" in refused[0], run.stderr
+    assert len(refused) == 1 and f"built for {core} CPUs and this CPU lacks {missing[0]}" in refused[0], (
+        run.stderr
+    )
     assert str(lib) not in run.stdout.splitlines()[0]
-    assert set(CORE_FLAGS["SKYLAKEX"]) >= {"avx512f"}

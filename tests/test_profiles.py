@@ -76,7 +76,10 @@ def _smk_rule_blocks() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rule_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    workdir = copy_workflow(tmp_path_factory.mktemp("rules") / "wf")
+    return _rule_resources(copy_workflow(tmp_path_factory.mktemp("rules") / "wf"))
+
+
+def _rule_resources(workdir: Path) -> dict[str, dict[str, object]]:
     proc = subprocess.run(
         [sys.executable, "-c", RULE_RESOURCES, str(workdir)],
         cwd=workdir, capture_output=True, text=True, timeout=300, check=False,
@@ -100,10 +103,20 @@ def test_every_rule_declares_threads_memory_and_runtime(rule_resources: dict[str
     # the heavy rules take every core the run gives; the API and YouTube limits stay on their rules
     for name in ("train_run", "test_loss", "base_model", "fuse", "answer_test", "parity"):
         assert rule_resources[name]["resources"]["_cores"] == 1024, name  # type: ignore[index]
-    for name in ("list_videos", "transcripts"):
-        assert rule_resources[name]["resources"]["youtube"] == 1, name  # type: ignore[index]
+    for name in ("list_videos", "transcripts"):  # local files (the default source): no YouTube limit
+        assert rule_resources[name]["resources"]["youtube"] == 0, name  # type: ignore[index]
     for name in ("questions", "answers", "judge"):
         assert rule_resources[name]["resources"]["llm_requests"] == 8, name  # type: ignore[index]
+
+
+def test_the_jobs_of_a_youtube_source_hold_the_youtube_limit(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    edit_config(workdir, source={"type": "youtube"})
+    rules = _rule_resources(workdir)
+    for name in ("list_videos", "transcripts"):
+        assert rules[name]["resources"]["youtube"] == 1, name  # type: ignore[index]
+    assert all(rule["resources"].get("youtube", 0) == 0  # type: ignore[attr-defined]
+               for name, rule in rules.items() if name not in ("list_videos", "transcripts"))
 
 
 def test_cheap_aggregations_are_local_rules(rule_resources: dict[str, dict[str, object]]) -> None:
