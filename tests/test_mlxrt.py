@@ -86,3 +86,25 @@ def test_an_openblas_for_another_cpu_is_refused_with_one_line(tmp_path: Path) ->
         run.stderr
     )
     assert str(lib) not in run.stdout.splitlines()[0]
+
+
+@linux
+def test_openblas_threads_for_another_library_then_restored() -> None:
+    """Inside ``openblas_threads(1)`` OpenBLAS runs one thread (its idle workers would spin on the cores
+    torch's threads need); after it, the count it had."""
+    code = (
+        "import ctypes\n"
+        "from tubetune.mlxrt import mx\n"
+        "from tubetune.train.blas import openblas_threads\n"
+        "get = ctypes.CDLL(None).openblas_get_num_threads\n"
+        "ctypes.CDLL(None).openblas_set_num_threads(2)\n"
+        "with openblas_threads(1) as previous:\n"
+        "    inside = get()\n"
+        "print(previous, inside, get())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS)}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["2", "1", "2"]

@@ -14,11 +14,13 @@ import pytest
 
 from tubetune.config import section_config
 from tubetune.errors import ConfigError
+from tubetune.evaluate import parity as parity_module
 from tubetune.evaluate.parity import (
     Comparison,
     ParitySettings,
     compare_continuations,
     hf_missing,
+    hf_runner,
     overall,
     parity,
     read_prompts,
@@ -204,3 +206,34 @@ def test_a_missing_or_broken_export_is_a_skipped_comparison(
         assert f"{broken_hf} did not run (" in hf["reason"] and "--forcerun export_hf" in hf["reason"]
         assert "\n" not in hf["reason"]
     assert report["status"] == "not_run" and report["n_prompts"] == 1
+
+
+def test_the_transformers_run_has_openblas_at_one_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The HF comparison runs torch in the process that ran the MLX reference: OpenBLAS is at 1 thread
+    meanwhile (its idle workers spin on the cores torch's threads need), and as before after it."""
+    from tubetune.mlxrt import BLAS
+
+    import ctypes
+
+    import transformers
+
+    if not BLAS.startswith("OpenBLAS"):
+        pytest.skip(f"no OpenBLAS here ({BLAS})")
+    get_threads = ctypes.CDLL(None).openblas_get_num_threads
+    ctypes.CDLL(None).openblas_set_num_threads(2)
+    seen: list[int] = []
+
+    class Model:
+        def eval(self) -> None:
+            seen.append(int(get_threads()))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Model())
+    def greedy(model: Model, ids: list[int], max_tokens: int, eos: set[int]) -> list[int]:
+        seen.append(int(get_threads()))
+        return [1]
+
+    monkeypatch.setattr(parity_module, "torch_greedy", greedy)
+    assert hf_runner(tmp_path, 4, set(), threads=2)([[1, 2], [3]]) == [[1], [1]]
+    assert seen == [1, 1, 1] and int(get_threads()) == 2

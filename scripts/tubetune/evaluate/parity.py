@@ -32,6 +32,7 @@ from tubetune.errors import InputFileError
 from tubetune.jsonio import write_json
 from tubetune.model.base import chat_prompt_ids, equal_prefix, llama_cpp_greedy, load_mlx, mlx_greedy
 from tubetune.settings import settings_from
+from tubetune.train.blas import openblas_threads
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +218,13 @@ def hf_runner(hf_dir: Path, max_tokens: int, eos: set[int], threads: int) -> Run
         previous = torch.get_num_threads()
         torch.set_num_threads(max(1, threads))
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-            model.eval()
-            return [torch_greedy(model, ids, max_tokens, eos)
-                    for ids in tqdm(prompt_ids, desc="transformers", unit="prompt")]
+            # the OpenBLAS of the MLX reference run at 1 thread: its idle workers spin on the cores
+            # torch's threads need
+            with openblas_threads(1):
+                model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+                model.eval()
+                return [torch_greedy(model, ids, max_tokens, eos)
+                        for ids in tqdm(prompt_ids, desc="transformers", unit="prompt")]
         finally:
             torch.set_num_threads(previous)
 
