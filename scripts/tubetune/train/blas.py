@@ -1,6 +1,7 @@
 """OpenBLAS threads during training: the rule's threads, minus the cores other processes keep busy
 (:mod:`tubetune.cores`: each of the thousands of small matmuls of a step would otherwise stall while
-another process holds one of the cores)."""
+another process holds one of the cores); and one thread while another library's threads run in the same
+process (:func:`openblas_threads`)."""
 
 from __future__ import annotations
 
