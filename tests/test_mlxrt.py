@@ -62,11 +62,10 @@ def test_an_openblas_for_another_cpu_is_refused_with_one_line(tmp_path: Path) ->
     """A library that reports a core whose instructions this CPU lacks (AVX-512 on a CPU without it,
     AMX on one with AVX-512) is not loaded: the next candidate is, and the log says why."""
     flags = cpu_flags()
-    lacking = [core for core in CORE_FLAGS if flags is not None and missing_instructions(core, flags)]
-    if not lacking:
+    lacking = {core: missing for core in CORE_FLAGS if (missing := missing_instructions(core, flags))}
+    if flags is None or not lacking:
         pytest.skip("this CPU runs the kernels of every OpenBLAS core: nothing to refuse")
-    core = lacking[0]
-    missing = missing_instructions(core, flags)
+    core, missing = next(iter(lacking.items()))
     lib = tmp_path / "site" / "cmeel.prefix" / "lib"
     lib.mkdir(parents=True)
     source = tmp_path / "core.c"

@@ -229,11 +229,11 @@ def test_the_transformers_run_has_openblas_at_one_thread(
         def eval(self) -> None:
             seen.append(int(get_threads()))
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Model())
     def greedy(model: Model, ids: list[int], max_tokens: int, eos: set[int]) -> list[int]:
         seen.append(int(get_threads()))
         return [1]
 
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Model())
     monkeypatch.setattr(parity_module, "torch_greedy", greedy)
     assert hf_runner(tmp_path, 4, set(), threads=2)([[1, 2], [3]]) == [[1], [1]]
     assert seen == [1, 1, 1] and int(get_threads()) == 2

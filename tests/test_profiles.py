@@ -17,6 +17,7 @@ from workflow import REPO, copy_workflow, dry_run_jobs, edit_config, snakemake
 
 CLUSTER_PROFILES = ("slurm", "kubernetes")
 TARGET_RULES = {"all", "dataset", "train"}  # the Snakefile's target rules: inputs only, nothing runs
+SOURCE_RULES = ("list_videos", "transcripts")  # the rules that talk to YouTube for a youtube source
 
 # Parses the workflow with the Snakemake API (no job, no DAG) and prints, per rule, whether it is a
 # local rule and the value of each resource it declares.
@@ -103,7 +104,7 @@ def test_every_rule_declares_threads_memory_and_runtime(rule_resources: dict[str
     # the heavy rules take every core the run gives; the API and YouTube limits stay on their rules
     for name in ("train_run", "test_loss", "base_model", "fuse", "answer_test", "parity"):
         assert rule_resources[name]["resources"]["_cores"] == 1024, name  # type: ignore[index]
-    for name in ("list_videos", "transcripts"):  # local files (the default source): no YouTube limit
+    for name in SOURCE_RULES:  # local files (the default source): no YouTube limit
         assert rule_resources[name]["resources"]["youtube"] == 0, name  # type: ignore[index]
     for name in ("questions", "answers", "judge"):
         assert rule_resources[name]["resources"]["llm_requests"] == 8, name  # type: ignore[index]
@@ -113,10 +114,10 @@ def test_the_jobs_of_a_youtube_source_hold_the_youtube_limit(tmp_path: Path) -> 
     workdir = copy_workflow(tmp_path / "wf")
     edit_config(workdir, source={"type": "youtube"})
     rules = _rule_resources(workdir)
-    for name in ("list_videos", "transcripts"):
+    for name in SOURCE_RULES:
         assert rules[name]["resources"]["youtube"] == 1, name  # type: ignore[index]
     assert all(rule["resources"].get("youtube", 0) == 0  # type: ignore[attr-defined]
-               for name, rule in rules.items() if name not in ("list_videos", "transcripts"))
+               for name, rule in rules.items() if name not in SOURCE_RULES)
 
 
 def test_cheap_aggregations_are_local_rules(rule_resources: dict[str, dict[str, object]]) -> None:
