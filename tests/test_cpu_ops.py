@@ -7,6 +7,7 @@ from tubetune.mlxrt import mx
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,20 @@ def test_silu_mul_gradient_matches_mlx(shape: tuple[int, ...]) -> None:
     got = mx.grad(lambda a, b: (cpu_ops.silu_mul(a, b) * b).sum(), argnums=(0, 1))(gate, x)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+
+
+def test_the_backward_pass_recomputes_the_sigmoid_in_a_fused_kernel(tmp_path: Path) -> None:
+    """``mx.compile`` merges equal expressions: a ``sigmoid(gate)`` in the VJP would become the forward's
+    sigmoid, shared by both passes and so left out of every fused kernel (a scalar op of its own)."""
+    gate, x = mx.random.normal((4, 8)), mx.random.normal((4, 8))
+    mx.eval(gate, x)
+    step = mx.compile(mx.value_and_grad(lambda a, b: cpu_ops.silu_mul(a, b).sum(), argnums=(0, 1)))
+    value, (d_gate, d_x) = step(gate, x)
+    dot = tmp_path / "graph.dot"
+    mx.export_to_dot(str(dot), value, d_gate, d_x)
+    ops = re.findall(r'label ="([^"]+)"', dot.read_text())
+    assert "Sigmoid" not in ops, ops
+    assert sum("Sigmoid" in op or "Exp" in op for op in ops if op.startswith("Compiled")) == 2, ops
 
 
 def test_kernel_cache_is_per_host_and_per_flags() -> None:

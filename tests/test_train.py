@@ -25,6 +25,7 @@ from tubetune.train.memory import (
     check_memory,
     estimate_memory,
 )
+from tubetune.train.runner import on_gpu
 from tubetune.train.settings import TrainSettings, alpha_to_scale, epochs_to_iters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -435,6 +436,9 @@ def test_real_run_summary_plot_and_adapter_config(trained: dict[str, Any]) -> No
     assert on_disk["train_loss_function"] == "target_loss"  # SmolLM2 is a llama: logits at targets only
     # On a CPU device with g++: the fused CPU step (tests/test_cpu_ops.py checks its loss and gradients)
     assert on_disk["cpu_kernels"]["active"] is (shutil.which("g++") is not None), on_disk["cpu_kernels"]
+    # On a CPU device freed buffers are reused up to the memory limit (tests/test_buffer_cache.py)
+    estimate = on_disk["memory_estimate_gb"]["total"]
+    assert on_disk["cpu_buffer_cache_gb"] == (None if on_gpu() else pytest.approx(estimate, abs=0.01))
     assert on_disk["final_train_loss"] == summary["final_train_loss"]
     assert "BLAS" in on_disk["blas"] or "Accelerate" in on_disk["blas"]
     assert outputs.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -46,6 +46,7 @@ from tubetune.jsonio import write_json
 from tubetune.settings import settings_from
 from tubetune.train.adapter import adapter_config
 from tubetune.train.blas import BlasThreads
+from tubetune.train.buffer_cache import cache_limit_gb, cpu_buffer_cache
 from tubetune.train.callback import (
     BestAdapter,
     CallbackChain,
@@ -507,6 +508,7 @@ class Fitted:
     train_seconds: float
     loss_function: str
     cpu_kernels: dict[str, Any]
+    buffer_cache_gb: float | None
 
 
 def cpu_kernels(settings: TrainSettings) -> dict[str, Any]:
@@ -549,8 +551,12 @@ def _callbacks(model: Model, optimizer: optim.Optimizer, plan: TrainingPlan, set
 
 def _train(model: Model, optimizer: optim.Optimizer, plan: TrainingPlan, settings: TrainSettings,
            outputs: TrainOutputs, loss: Callable[..., Any], iterate: Callable[..., Iterator[Any]],
-           chain: CallbackChain) -> None:
-    """mlx-lm's ``train()`` without a validation set (the callbacks validate) and its console table."""
+           chain: CallbackChain, buffer_cache_gb: float | None) -> None:
+    """mlx-lm's ``train()`` without a validation set (the callbacks validate) and its console table.
+
+    ``buffer_cache_gb``: the CPU buffer cache of :func:`cpu_buffer_cache`; mlx-lm empties MLX's cache
+    after every step unless it holds more than ``clear_cache_threshold`` bytes.
+    """
     # iters + 1: the batch stream ends after `iters` batches, so the train report mlx-lm forces at its
     # last iteration never comes (train rows only every steps_per_report) and the stream validates last.
     args = mlx_trainer.TrainingArgs(
@@ -562,6 +568,7 @@ def _train(model: Model, optimizer: optim.Optimizer, plan: TrainingPlan, setting
         adapter_file=str(outputs.last),
         grad_checkpoint=settings.grad_checkpoint,
         grad_accumulation_steps=settings.grad_accumulation_steps,
+        clear_cache_threshold=int(buffer_cache_gb * 1e9) if buffer_cache_gb else 0,
     )
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         mlx_trainer.train(model=model, optimizer=optimizer, train_dataset=plan.train_set, args=args,
@@ -596,8 +603,9 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
     diverged: TrainingDiverged | None = None
     train_started = time.perf_counter()
     try:
-        with ops:
-            _train(model, optimizer, plan, settings, outputs, loss, iterate, chain)
+        cache_gb = cache_limit_gb(plan.memory.total / 1e9, plan.memory_limit_gb)
+        with ops, cpu_buffer_cache(cache_gb, gpu=on_gpu()) as buffer_cache_gb:
+            _train(model, optimizer, plan, settings, outputs, loss, iterate, chain, buffer_cache_gb)
     except TrainingDiverged as exc:
         if exc.iteration == 0:  # the data gives no loss: nothing was trained, nothing to keep
             raise
@@ -616,7 +624,8 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
         iterations_run = diverged.iteration
     else:
         iterations_run = best.stop_iteration if best.stop_iteration is not None else plan.iters
-    return Fitted(metrics, best, iterations_run, diverged, train_seconds, loss.__name__, kernels)
+    return Fitted(metrics, best, iterations_run, diverged, train_seconds, loss.__name__, kernels,
+                  buffer_cache_gb)
 
 
 # ----------------------------------------------------------------------------------- 5. summary
@@ -650,6 +659,7 @@ def summarize(settings: TrainSettings, prepared: PreparedModel, plan: TrainingPl
         "tokens_per_second_mean": metrics.mean_tokens_per_second,
         "train_loss_function": fitted.loss_function,
         "cpu_kernels": fitted.cpu_kernels,
+        "cpu_buffer_cache_gb": round(fitted.buffer_cache_gb, 2) if fitted.buffer_cache_gb else None,
         "tokens_counted": "answer tokens (prompt masked)" if settings.mask_prompt else "all but padding",
         "trained_tokens": int(metrics.train_tokens),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
