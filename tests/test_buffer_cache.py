@@ -50,9 +50,9 @@ def test_without_the_block_a_large_freed_buffer_is_not_kept() -> None:
     assert mx.get_cache_memory() < BUFFER
 
 
-def test_a_gpu_device_or_no_known_limit_changes_nothing() -> None:
+def test_a_gpu_device_or_no_room_for_a_cache_changes_nothing() -> None:
     before = _limit()
-    for limit_gb, gpu in ((0.5, True), (None, False)):
+    for limit_gb, gpu in ((0.5, True), (0.0, False)):
         with cpu_buffer_cache(limit_gb, gpu=gpu) as limit:
             assert limit is None and _limit() == before
 

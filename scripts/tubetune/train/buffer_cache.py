@@ -18,9 +18,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-logger = logging.getLogger(__name__)
+from tubetune.train.memory import GB
 
-GB = 1e9
+logger = logging.getLogger(__name__)
 
 
 def cache_limit_gb(estimate_gb: float, memory_limit_gb: float | None) -> float:
@@ -31,13 +31,13 @@ def cache_limit_gb(estimate_gb: float, memory_limit_gb: float | None) -> float:
 
 
 @contextmanager
-def cpu_buffer_cache(limit_gb: float | None, *, gpu: bool) -> Iterator[float | None]:
+def cpu_buffer_cache(limit_gb: float, *, gpu: bool) -> Iterator[float | None]:
     """Inside the block, on a CPU device, MLX keeps up to ``limit_gb`` of freed buffers for reuse.
 
-    Yields the limit set (None when nothing was changed: a GPU device or no limit known); the previous
-    limit is restored afterwards and the cache emptied.
+    Yields the limit set (None when nothing was changed: a GPU device or no room for a cache); the
+    previous limit is restored afterwards and the cache emptied.
     """
-    if gpu or limit_gb is None or limit_gb <= 0:
+    if gpu or limit_gb <= 0:
         yield None
         return
     previous = mx.set_cache_limit(int(limit_gb * GB))

@@ -57,7 +57,14 @@ from tubetune.train.callback import (
 from tubetune.train.cpu_ops import composed_ops, cross_entropy, with_cross_entropy
 from tubetune.train.jit import prepare_jit
 from tubetune.train.loss import masked_loss
-from tubetune.train.memory import MemoryEstimate, ModelShape, check_memory, estimate_memory, memory_limit_gb
+from tubetune.train.memory import (
+    GB,
+    MemoryEstimate,
+    ModelShape,
+    check_memory,
+    estimate_memory,
+    memory_limit_gb,
+)
 from tubetune.train.plot import plot_losses
 from tubetune.train.settings import TrainSettings, batches_per_epoch
 from tubetune.train.target_loss import supports_target_loss, target_loss, with_targets
@@ -568,7 +575,7 @@ def _train(model: Model, optimizer: optim.Optimizer, plan: TrainingPlan, setting
         adapter_file=str(outputs.last),
         grad_checkpoint=settings.grad_checkpoint,
         grad_accumulation_steps=settings.grad_accumulation_steps,
-        clear_cache_threshold=int(buffer_cache_gb * 1e9) if buffer_cache_gb else 0,
+        clear_cache_threshold=int(buffer_cache_gb * GB) if buffer_cache_gb else 0,
     )
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         mlx_trainer.train(model=model, optimizer=optimizer, train_dataset=plan.train_set, args=args,
@@ -603,7 +610,7 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
     diverged: TrainingDiverged | None = None
     train_started = time.perf_counter()
     try:
-        cache_gb = cache_limit_gb(plan.memory.total / 1e9, plan.memory_limit_gb)
+        cache_gb = cache_limit_gb(plan.memory.total / GB, plan.memory_limit_gb)
         with ops, cpu_buffer_cache(cache_gb, gpu=on_gpu()) as buffer_cache_gb:
             _train(model, optimizer, plan, settings, outputs, loss, iterate, chain, buffer_cache_gb)
     except TrainingDiverged as exc:
