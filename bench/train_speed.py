@@ -4,6 +4,7 @@ Not a test: run it by hand (about 10 minutes on 2 cores with the defaults) and r
 
     .venv/bin/python bench/train_speed.py                          # ours, peft (3x alternating), stock once
     .venv/bin/python bench/train_speed.py --systems ours,plain,peft  # with the unfused CPU step
+    .venv/bin/python bench/train_speed.py --systems ours,single,peft --repeats 3  # one process vs several
 
 Every system trains the same LoRA (rank, alpha, all linear layers of the last ``--num-layers`` blocks)
 of the same model dir on the same examples, in batches of ``--batch-size`` x ``--seq-len`` tokens.
@@ -14,9 +15,11 @@ every batch is exactly ``batch_size x seq_len`` tokens after truncation and hold
 steps (after ``--warmup`` untimed steps, which include compilation). No prompt masking.
 
 * ours:  ``tubetune.train.runner.run_training`` (OpenBLAS preloaded, float32, compiled step; on a CPU
-         device the fused step of ``tubetune.train.cpu_ops``); the time per step comes from mlx-lm's
-         own report to our callback (metrics.jsonl), which excludes validation.
+         device the fused step of ``tubetune.train.cpu_ops``, one training process per thread as the
+         batch allows, ``tubetune.train.parallel``); the time per step comes from mlx-lm's own report
+         to our callback (metrics.jsonl), which excludes validation.
 * plain: the same with ``train.cpu_fused: false`` (mlx-lm's own ops; not run unless asked for).
+* single: the same with ``train.cpu_processes: 1`` (one process with all threads; not run unless asked for).
 * stock: ``python -m mlx_lm lora --train ...`` in a fresh process without our BLAS preload (on Linux
          it uses the reference BLAS of the mlx wheel), in batches of ``--stock-batch-size`` (1: its
          steps take about 40 s per 256 tokens). Its console output is not parsed: the benchmark runs it
@@ -49,7 +52,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 logger = logging.getLogger("train_speed")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SYSTEMS = ("ours", "plain", "peft", "stock")
+SYSTEMS = ("ours", "plain", "single", "peft", "stock")
+VARIANTS = {"ours": {}, "plain": {"cpu_fused": False}, "single": {"cpu_processes": 1}}  # train keys of each
 SETTING_KEYS = ("batch_size", "seq_len", "rank", "alpha", "num_layers", "threads", "iters", "warmup",
                 "stock_batch_size", "stock_warmup", "stock_iters", "repeats")
 
@@ -121,10 +125,10 @@ def build_bench_dataset(
 
 
 def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, *,
-             fused: bool = True) -> dict[str, Any]:
-    result = work / ("ours.json" if fused else "plain.json")
+             variant: str = "ours") -> dict[str, Any]:
+    result = work / f"{variant}.json"
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--worker", "ours" if fused else "plain", "--model", str(model_dir),
+    cmd = [sys.executable, __file__, "--worker", variant, "--model", str(model_dir),
            "--data", str(data), "--result", str(result), *common_flags(args)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
@@ -134,10 +138,14 @@ def run_ours(args: argparse.Namespace, model_dir: Path, data: Path, work: Path, 
 
 
 def run_plain(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) -> dict[str, Any]:
-    return run_ours(args, model_dir, data, work, fused=False)
+    return run_ours(args, model_dir, data, work, variant="plain")
 
 
-def worker_ours(args: argparse.Namespace, *, fused: bool = True) -> None:
+def run_single(args: argparse.Namespace, model_dir: Path, data: Path, work: Path) -> dict[str, Any]:
+    return run_ours(args, model_dir, data, work, variant="single")
+
+
+def worker_ours(args: argparse.Namespace, variant: str) -> None:
     from tubetune.config import section_config
     from tubetune.settings import settings_from
     from tubetune.train.reproduce import run_layout
@@ -150,7 +158,7 @@ def worker_ours(args: argparse.Namespace, *, fused: bool = True) -> None:
         "alpha": args.alpha, "num_layers": args.num_layers, "mask_prompt": False, "steps_per_report": 1,
         "steps_per_eval": total, "val_batches": 1, "early_stopping_patience": None, "learning_rate": 1e-4,
         "lr_schedule": "constant", "warmup_ratio": 0.0, "optimizer": "adam", "profile": None,
-        "cpu_fused": fused,
+        **VARIANTS[variant],
     }), "train")
     out = Path(tempfile.mkdtemp(prefix="ours-", dir=Path(args.result).parent))
     outputs = run_layout(out)
@@ -170,7 +178,9 @@ def worker_ours(args: argparse.Namespace, *, fused: bool = True) -> None:
         "tokens_per_second": tokens / seconds,
         "timed_steps": len(timed),
         "tokens_per_step": tokens / max(1, len(timed)),
-        "blas": f"{summary['blas'].split(' (')[0]} ({summary['blas_threads']['end']} threads)",
+        "blas": f"{summary['blas'].split(' (')[0]} ({summary['blas_threads']['end']} threads)"
+                + (f" x {processes} processes" if (processes := summary["processes"]["count"]) > 1 else ""),
+        "processes": summary["processes"],
         "blas_threads": summary["blas_threads"],
         "peak_memory_gb": summary["peak_memory_gb"],
         "cpu_kernels": summary["cpu_kernels"],
@@ -322,16 +332,17 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--num-layers", type=int, default=-1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of ours, plain and peft")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating runs of ours, plain, single and peft")
     parser.add_argument("--systems", default="ours,peft,stock",
                         help=f"comma-separated, from {','.join(SYSTEMS)} "
-                        "(plain: ours with train.cpu_fused false)")
-    parser.add_argument("--worker", choices=["ours", "plain", "peft"], help=argparse.SUPPRESS)
+                        "(plain: ours with train.cpu_fused false; single: ours in one process)")
+    parser.add_argument("--worker", choices=[*VARIANTS, "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.worker in ("ours", "plain"):
-        worker_ours(args, fused=args.worker == "ours")
+    if args.worker in VARIANTS:
+        worker_ours(args, args.worker)
         return
     if args.worker == "peft":
         worker_peft(args)
@@ -350,9 +361,10 @@ def main() -> None:
         count = build_bench_dataset(rows, model_dir, data, args.seq_len, args.batch_size * 8)
         logger.info("bench dataset: %d examples of > %d tokens from %s", count, args.seq_len, source)
         load_before = round(os.getloadavg()[0], 2)
-        runners = {"ours": run_ours, "plain": run_plain, "stock": run_stock, "peft": run_peft}
+        runners = {"ours": run_ours, "plain": run_plain, "single": run_single, "stock": run_stock,
+                   "peft": run_peft}
         runs: dict[str, list[dict[str, Any]]] = {}
-        # ours, plain and peft alternate --repeats times (the median is reported), stock runs once: a
+        # ours, plain, single and peft alternate --repeats times (the median is reported), stock runs once: a
         # busy machine slows multi-threaded BLAS a lot, so alternating keeps the comparison fair.
         for repeat in range(args.repeats):
             for name in SYSTEMS:

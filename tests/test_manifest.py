@@ -271,7 +271,8 @@ def tiny_run(base_model_dir: Path, chat_dataset_dir: Path, tmp_path_factory: pyt
     data = root / "dataset"
     shutil.copytree(chat_dataset_dir, data)  # the fixture is shared: tamper with a copy only
     (data / "stats.json").write_text("{}")
-    config = resolved_config(profile="tiny-test", seed=5)
+    # one process: this test process trains again (the rerun), and MLX keeps a process's first group
+    config = resolved_config(profile="tiny-test", seed=5, cpu_processes=1)
     run_dir = root / "train" / "default"
     settings = settings_from(TrainSettings, config["train"], "train")
     outputs = run_layout(run_dir)
@@ -296,6 +297,8 @@ def test_real_run_manifest(tiny_run: dict[str, Any], base_model_dir: Path) -> No
     assert "model.safetensors" in manifest["files"]["base_model"]["files"]
     weights = manifest["files"]["base_model"]["files"]["model.safetensors"]
     assert weights["sha256"] == sha256(base_model_dir / "model.safetensors")
+    assert manifest["blas"]["processes"] == {"count": 1, "threads": 2, "blas_threads_each": 2,
+                                             "reason": "train.cpu_processes"}
     assert manifest["blas"]["blas_threads"]["requested"] == 2
     assert manifest["seeds"]["train"] == 5
 

@@ -55,6 +55,10 @@ def test_all_writes_every_artefact(all_run: Path) -> None:
         assert key in metrics, key
     report = (results / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in report
+    # --cores 2, batch 2: the train rule trained in two processes and removed their scratch directory
+    train = json.loads((results / "train" / "default" / "summary.json").read_text())
+    assert train["processes"]["count"] == 2
+    assert not (results / "train" / "default" / ".workers").exists()
 
 
 def test_judge_not_run_without_cached_replies_or_key(all_run: Path) -> None:

@@ -54,7 +54,7 @@ class BlasThreads:
         if self.current is not None and chosen < requested:
             logger.info("OpenBLAS: %d thread(s) instead of %d while other processes keep cores busy",
                         chosen, requested)
-        elif self.current is not None:
+        elif self.start is not None:  # not the first setting
             logger.info("OpenBLAS: back to %d threads", chosen)
         self._set(chosen)
         self.current = chosen

@@ -249,7 +249,7 @@ def build_manifest(
         "git": git_info(workflow_dir),
         "versions": package_versions(),
         "platform": platform_info(),
-        "blas": {key: summary_data.get(key) for key in ("blas", "blas_threads", "device")},
+        "blas": {key: summary_data.get(key) for key in ("blas", "blas_threads", "device", "processes")},
         "files": {
             "dataset": {name: file_record(path) for name, path in files.dataset.items()},
             "base_model": dir_record(files.base_model),

@@ -143,16 +143,21 @@ def memory_limit_gb(max_memory_gb: float | None) -> float | None:
     return None if physical is None else DEFAULT_RAM_FRACTION * physical / GB
 
 
-def check_memory(estimate: MemoryEstimate, limit_gb: float | None, *, grad_checkpoint: bool) -> None:
-    """Raise :class:`MemoryLimitError` (one line of advice) when the estimate exceeds the limit."""
-    if limit_gb is None or estimate.total <= limit_gb * GB:
+def check_memory(estimate: MemoryEstimate, limit_gb: float | None, *, grad_checkpoint: bool,
+                 processes: int = 1) -> None:
+    """Raise :class:`MemoryLimitError` (one line of advice) when ``processes`` times the estimate (of one
+    training process) exceeds the limit."""
+    if limit_gb is None or processes * estimate.total <= limit_gb * GB:
         return
     advice = "lower train.batch_size or train.max_seq_length"
     if not grad_checkpoint:
         advice += ", set train.grad_checkpoint: true"
+    if processes > 1:
+        advice += ", lower train.cpu_processes"
     advice += ", train fewer train.num_layers, or raise train.max_memory_gb if the machine has the memory"
+    each = f" in {processes} processes" if processes > 1 else ""
     raise MemoryLimitError(
-        f"training needs about {estimate.total / GB:.1f} GB, more than train.max_memory_gb "
-        f"{limit_gb:.1f} GB (weights {estimate.weights / GB:.1f}, activations "
-        f"{(estimate.activations + estimate.logits) / GB:.1f}): {advice}"
+        f"training needs about {processes * estimate.total / GB:.1f} GB{each}, more than train.max_memory_gb "
+        f"{limit_gb:.1f} GB (weights {processes * estimate.weights / GB:.1f}, activations "
+        f"{processes * (estimate.activations + estimate.logits) / GB:.1f}): {advice}"
     )

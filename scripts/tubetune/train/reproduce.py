@@ -195,7 +195,7 @@ def reproduce(
     """Retrain the run of ``manifest_path`` and compare; write and return ``reproduce.json``'s data.
 
     ``root``: the directory the manifest's relative paths are relative to (the workflow's working
-    directory). ``threads``: OpenBLAS threads (default: the ones the run started with).
+    directory). ``threads``: the run's threads, shared by its training processes (default: as the run).
     Raises :class:`InputFileError` when an input changed (and ``allow_changed_inputs`` is false).
     """
     manifest: dict[str, Any] = read_json(manifest_path)
@@ -218,9 +218,10 @@ def reproduce(
     differences = environment_differences(manifest, BLAS)
     for difference in differences:
         logger.warning("environment differs: %s", difference)
-    if threads is None:  # the threads the run asked for, else the ones it started with
+    if threads is None:  # the run's threads (shared by its processes), else its OpenBLAS threads
         recorded = manifest["blas"].get("blas_threads") or {}
-        threads = recorded.get("requested") or recorded.get("start")
+        processes = manifest["blas"].get("processes") or {}
+        threads = processes.get("threads") or recorded.get("requested") or recorded.get("start")
     settings = settings_from(TrainSettings, manifest["train_settings"], "train")
     dataset = manifest["files"]["dataset"]
     base = Path(root)
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", default=".",
                         help="directory the manifest's relative paths start from (default: .)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="OpenBLAS threads (default: as the run: asked for, else started with)")
+                        help="threads, shared by the training processes (default: as the run)")
     parser.add_argument("--allow-changed-inputs", action="store_true",
                         help="retrain even when dataset or base model files differ from the manifest")
     args = parser.parse_args(argv)

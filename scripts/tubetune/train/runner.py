@@ -65,6 +65,15 @@ from tubetune.train.memory import (
     estimate_memory,
     memory_limit_gb,
 )
+from tubetune.train.parallel import (
+    Processes,
+    Workers,
+    WorkerSpec,
+    check_default_group,
+    choose_processes,
+    global_token_mean,
+    join_group,
+)
 from tubetune.train.plot import plot_losses
 from tubetune.train.settings import TrainSettings, batches_per_epoch
 from tubetune.train.target_loss import supports_target_loss, target_loss, with_targets
@@ -75,6 +84,7 @@ MLX_VERSION = importlib.metadata.version("mlx")
 Model = Any  # an mlx.nn.Module (mlx.nn does not type-check as a module namespace)
 Rows = list[dict[str, Any]]
 PAD_TO = 32  # mlx-lm pads each batch to 1 + a multiple of 32 tokens
+WORKERS_DIR = ".workers"  # next to a run's outputs: the scratch directory of its worker processes
 DTYPES: dict[str, mx.Dtype] = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -125,28 +135,41 @@ def run_training(
     settings: TrainSettings,
     *,
     blas_threads: int | None = None,
+    worker: WorkerSpec | None = None,
 ) -> dict[str, Any]:
     """Train, keep the best adapter, write metrics, plot and summary; return the summary.
 
-    ``blas_threads``: the OpenBLAS threads wanted (the rule's threads), reduced when other processes
-    keep cores busy; None leaves OpenBLAS as loaded.
+    ``blas_threads``: the threads of the run (the rule's threads): on a CPU device they are shared by
+    the training processes (:mod:`tubetune.train.parallel`), and OpenBLAS runs with each process's
+    share, reduced when other processes keep cores busy; None: one process, OpenBLAS as loaded.
+    ``worker``: set in a worker process (rank 1..) of a data-parallel run, None in the rule's process.
     """
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    blas = BlasThreads(blas_threads)
-    logger.info("BLAS: %s (%s threads); device: %s; mlx %s", BLAS, blas.adjust() or "n/a",
-                mx.default_device(), MLX_VERSION)
     np.random.seed(settings.seed)
     mx.random.seed(settings.seed)
     train_rows, valid_rows = load_splits(train_path, valid_path, settings)
     prepared = prepare_model(model_dir, settings)
-    plan = plan_training(train_rows, valid_rows, prepared, settings)
-    _start_outputs(outputs, adapter_config(settings, prepared.num_layers, model_dir))
-    fitted = fit(prepared, plan, settings, outputs, blas)
-    summary = summarize(settings, prepared, plan, fitted, outputs)
-    summary.update(_environment(blas), total_seconds=round(time.perf_counter() - started, 2),
-                   started_at=started_at, ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json(outputs.summary, summary)
+    given = None if worker is None else Processes(worker.processes, worker.blas_threads, "rank 0's choice",
+                                                  blas_threads)
+    plan = plan_training(train_rows, valid_rows, prepared, settings, threads=blas_threads, processes=given)
+    blas = BlasThreads(plan.processes.blas_threads)
+    logger.info("BLAS: %s (%s threads); device: %s; mlx %s", BLAS, blas.adjust() or "n/a",
+                mx.default_device(), MLX_VERSION)
+    with _process_group(plan.processes, worker, outputs, lambda rank: WorkerSpec(
+        train=str(train_path), valid=str(valid_path), base=str(model_dir),
+        settings=dataclasses.asdict(settings), rank=rank, processes=plan.processes.count,
+        blas_threads=plan.processes.blas_threads,
+        outputs=str(outputs.summary.parent / WORKERS_DIR / f"rank{rank}"),
+        ready=str(Workers.ready_path(outputs.summary.parent / WORKERS_DIR, rank)),
+    )):
+        _start_outputs(outputs, adapter_config(settings, prepared.num_layers, model_dir))
+        fitted = fit(prepared, plan, settings, outputs, blas)
+        summary = summarize(settings, prepared, plan, fitted, outputs)
+        ended_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        summary.update(_environment(blas), total_seconds=round(time.perf_counter() - started, 2),
+                       started_at=started_at, ended_at=ended_at)
+        write_json(outputs.summary, summary)
     logger.info(
         "done: %d iterations%s, best val loss %.4f at iteration %s (initial %.4f), %.0f tokens/s, "
         "peak memory %.2f GB", fitted.iterations_run,
@@ -155,6 +178,22 @@ def run_training(
         summary["tokens_per_second_mean"] or math.nan, summary["peak_memory_gb"],
     )
     return summary
+
+
+@contextlib.contextmanager
+def _process_group(processes: Processes, worker: WorkerSpec | None, outputs: TrainOutputs,
+                   spec: Callable[[int], WorkerSpec]) -> Iterator[None]:
+    """Rank 0 of several processes: start the workers (their scratch directory next to the outputs);
+    a worker: join the group rank 0 formed; one process: nothing."""
+    if worker is not None:
+        join_group(processes.count, Path(worker.ready))
+        yield
+    elif processes.count > 1:
+        with Workers(spec, processes, outputs.summary.parent / WORKERS_DIR):
+            yield
+    else:
+        check_default_group(1)
+        yield
 
 
 # ------------------------------------------------------------------------------------ 1. splits
@@ -372,6 +411,7 @@ class TrainingPlan:
     train_stats: TokenStats
     valid_stats: TokenStats
     seq_len: int
+    processes: Processes
     memory: MemoryEstimate
     memory_limit_gb: float | None
     iters: int
@@ -381,35 +421,51 @@ class TrainingPlan:
     learning_rate: float | Callable[[Any], Any]
 
 
-def _memory(
-    prepared: PreparedModel, settings: TrainSettings, seq_len: int
-) -> tuple[MemoryEstimate, float | None]:
-    """The memory estimate of training and the limit; raises MemoryLimitError over it."""
-    estimate = estimate_memory(
+def _estimate(prepared: PreparedModel, settings: TrainSettings, seq_len: int,
+              processes: int) -> MemoryEstimate:
+    """The memory estimate of one of ``processes`` training processes (each its part of the batch)."""
+    return estimate_memory(
         ModelShape.of(prepared.config),
         weights_bytes=prepared.weight_bytes,
         trainable_params=prepared.trainable_params,
         activation_bytes=4 if prepared.dtype == "float32" else 2,
-        batch_size=settings.batch_size,
+        batch_size=settings.batch_size // processes,
         seq_len=seq_len,
         trained_layers=prepared.num_layers,
         grad_checkpoint=settings.grad_checkpoint,
         grad_accumulation_steps=settings.grad_accumulation_steps,
     )
+
+
+def _memory(
+    prepared: PreparedModel, settings: TrainSettings, seq_len: int, *, threads: int | None,
+    processes: Processes | None,
+) -> tuple[Processes, MemoryEstimate, float | None]:
+    """The training processes (``processes`` when given, else chosen), the memory estimate of each and
+    the limit; raises MemoryLimitError when they need more than the limit."""
     limit = memory_limit_gb(settings.max_memory_gb)
-    logger.info("memory estimate: %s for batch %d x %d tokens x %d layers (limit %s GB)", estimate.describe(),
-                settings.batch_size, seq_len, prepared.num_layers, f"{limit:.1f}" if limit else "none")
-    check_memory(estimate, limit, grad_checkpoint=settings.grad_checkpoint)
-    return estimate, limit
+    if processes is None:
+        processes = choose_processes(
+            settings.cpu_processes, threads=threads, batch_size=settings.batch_size, gpu=on_gpu(),
+            fits=lambda n: limit is None or n * _estimate(prepared, settings, seq_len, n).total <= limit * GB,
+        )
+    estimate = _estimate(prepared, settings, seq_len, processes.count)
+    each = f" per process ({processes.count})" if processes.count > 1 else ""
+    logger.info("memory estimate: %s%s for batch %d x %d tokens x %d layers (limit %s GB)",
+                estimate.describe(), each, settings.batch_size, seq_len, prepared.num_layers,
+                f"{limit:.1f}" if limit else "none")
+    check_memory(estimate, limit, grad_checkpoint=settings.grad_checkpoint, processes=processes.count)
+    return processes, estimate, limit
 
 
-def plan_training(train_rows: Rows, valid_rows: Rows, prepared: PreparedModel, settings: TrainSettings
-                  ) -> TrainingPlan:
-    """Tokenize the splits, check the memory estimate, count iterations and optimizer updates."""
+def plan_training(train_rows: Rows, valid_rows: Rows, prepared: PreparedModel, settings: TrainSettings, *,
+                  threads: int | None = None, processes: Processes | None = None) -> TrainingPlan:
+    """Tokenize the splits, choose the training processes for ``threads`` cores (unless ``processes``
+    is given), check the memory estimate, count iterations and optimizer updates."""
     train_set, train_stats = _tokenize_logged("train", train_rows, prepared.tokenizer, settings)
     valid_set, valid_stats = _tokenize_logged("valid", valid_rows, prepared.tokenizer, settings)
     seq_len = effective_seq_len(max(train_stats.longest, valid_stats.longest), settings.max_seq_length)
-    estimate, limit = _memory(prepared, settings, seq_len)
+    chosen, estimate, limit = _memory(prepared, settings, seq_len, threads=threads, processes=processes)
     per_epoch = batches_per_epoch(train_stats.examples, settings.batch_size)
     iters = settings.resolve_iters(train_stats.examples)
     updates = max(1, iters // settings.grad_accumulation_steps)
@@ -421,8 +477,8 @@ def plan_training(train_rows: Rows, valid_rows: Rows, prepared: PreparedModel, s
         prepared.trainable_params / 1e6, prepared.total_params / 1e6, prepared.dtype, settings.rank,
         settings.scale, iters, iters / max(1, per_epoch), per_epoch, updates, warmup,
     )
-    return TrainingPlan(train_set, valid_set, train_stats, valid_stats, seq_len, estimate, limit, iters,
-                        per_epoch, updates, warmup, learning_rate)
+    return TrainingPlan(train_set, valid_set, train_stats, valid_stats, seq_len, chosen, estimate, limit,
+                        iters, per_epoch, updates, warmup, learning_rate)
 
 
 # --------------------------------------------------------------------------------------- 4. fit
@@ -606,11 +662,15 @@ def fit(prepared: PreparedModel, plan: TrainingPlan, settings: TrainSettings, ou
     ops = composed_ops() if kernels["active"] else contextlib.nullcontext()
     if kernels["active"]:
         loss = with_cross_entropy(loss, cross_entropy)
+    group = mx.distributed.init()
+    if group.size() > 1:
+        loss = global_token_mean(loss, group)
     mx.reset_peak_memory()
     diverged: TrainingDiverged | None = None
     train_started = time.perf_counter()
     try:
-        cache_gb = cache_limit_gb(plan.memory.total / GB, plan.memory_limit_gb)
+        limit = plan.memory_limit_gb / plan.processes.count if plan.memory_limit_gb else None
+        cache_gb = cache_limit_gb(plan.memory.total / GB, limit)
         with ops, cpu_buffer_cache(cache_gb, gpu=on_gpu()) as buffer_cache_gb:
             _train(model, optimizer, plan, settings, outputs, loss, iterate, chain, buffer_cache_gb)
     except TrainingDiverged as exc:
@@ -671,6 +731,7 @@ def summarize(settings: TrainSettings, prepared: PreparedModel, plan: TrainingPl
         "trained_tokens": int(metrics.train_tokens),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
         "memory_estimate_gb": plan.memory.gigabytes(),
+        "processes": plan.processes.record(),
         "memory_limit_gb": round(plan.memory_limit_gb, 2) if plan.memory_limit_gb else None,
         "trainable_parameters": prepared.trainable_params,
         "total_parameters": prepared.total_params,

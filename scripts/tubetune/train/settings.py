@@ -51,6 +51,7 @@ class TrainSettings:
     mask_prompt: bool
     grad_checkpoint: bool
     cpu_fused: bool
+    cpu_processes: int | None
     seed: int
     dtype: DtypeName
     steps_per_report: int
